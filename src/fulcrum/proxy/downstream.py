@@ -1,0 +1,426 @@
+"""Client side: one HTTP/1.1 connection from a client, parsed with httptools.
+
+Requests on a connection are answered in order. While one is being served,
+a pipelined next one is parsed and queued, and reading pauses, so at most
+one read's worth of input waits in memory.
+
+Rejected before anything goes upstream, with the connection closed
+(DESIGN 5): malformed syntax, CL+TE, bad or duplicate Content-Length, a
+Transfer-Encoding whose last coding is not chunked, obs-fold, whitespace
+before a colon, bare CR, NUL (httptools); Transfer-Encoding on HTTP/1.0,
+a missing Host on HTTP/1.1, two Host headers, an HTTP major version other
+than 1, and the size and time limits (here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from fulcrum.http.headers import HOP_BY_HOP, connection_tokens, is_trusted, valid_request_id
+from fulcrum.http.status import error_response
+from fulcrum.proxy.exchange import BODY, DONE, HEAD, Exchange
+
+if TYPE_CHECKING:
+    from fulcrum.proxy.context import ProxyContext
+
+log = logging.getLogger("fulcrum.proxy")
+
+# Connection states, for timeouts.
+IDLE, READING_HEAD, BUSY, CLOSED = 0, 1, 2, 3
+
+# Request headers handled by name; everything else is forwarded as it came.
+_HOST, _CL, _TE, _CONN, _XFF, _XFP, _XFH, _FWD, _RID, _EXPECT, _COOKIE, _DROP = range(12)
+_SPECIAL = {
+    b"host": _HOST,
+    b"content-length": _CL,
+    b"transfer-encoding": _TE,
+    b"connection": _CONN,
+    b"x-forwarded-for": _XFF,
+    b"x-forwarded-proto": _XFP,
+    b"x-forwarded-host": _XFH,
+    b"forwarded": _FWD,
+    b"x-request-id": _RID,
+    b"expect": _EXPECT,
+    b"cookie": _COOKIE,
+}
+for _name in HOP_BY_HOP:
+    _SPECIAL.setdefault(_name, _DROP)
+
+
+class Reject(Exception):
+    """Raised inside parser callbacks: answer ``status`` and close."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class ClientConnection(asyncio.Protocol):
+    """The protocol of one client connection."""
+
+    BLOCK_PIPELINE = 1  # a request is queued behind the one in flight
+    BLOCK_BUFFER = 2  # request body waits for an upstream connection
+    BLOCK_UPSTREAM = 4  # the upstream's write buffer is full
+
+    __slots__ = (
+        "building",
+        "client_ip",
+        "client_ip_b",
+        "ctx",
+        "current",
+        "deadline",
+        "parser",
+        "partial",
+        "pending",
+        "read_block",
+        "reject_after",
+        "state",
+        "transport",
+        "trusted",
+        "write_paused",
+    )
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self.parser = self._new_parser()
+        self.state = IDLE
+        self.deadline = 0.0
+        self.current: Exchange | None = None
+        self.building: Exchange | None = None
+        self.pending: deque[Exchange] | None = None
+        self.read_block = 0
+        self.write_paused = False
+        self.partial = 0
+        self.reject_after: tuple[int, str, bytes] | None = None
+        self.client_ip = ""
+        self.client_ip_b = b""
+        self.trusted = False
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        parser = httptools.HttpRequestParser(self)
+        # Versions are checked here instead: 505 for majors other than 1, HTTP/1.x minors as 1.1.
+        parser.set_dangerous_leniencies(lenient_version=True)
+        return parser
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        ctx = self.ctx
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.client_ip = str(peer[0])
+            self.client_ip_b = self.client_ip.encode("ascii")
+        snap = ctx.snapshot
+        if snap.trusted_proxies:
+            self.trusted = is_trusted(self.client_ip, snap.trusted_proxies)
+        self.deadline = ctx.now + snap.header_timeout
+        ctx.timed.add(self)
+        ctx.clients.add(self)
+        ctx.stats.connections_active += 1
+        ctx.stats.connections_total += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        ctx = self.ctx
+        self.state = CLOSED
+        self.transport = None
+        ctx.timed.discard(self)
+        ctx.clients.discard(self)
+        ctx.stats.connections_active -= 1
+        current = self.current
+        if current is not None:
+            current.abandon_upstream()
+            current.close_after = True
+            current.end()
+        self.pending = None
+
+    def on_timeout(self, now: float) -> None:
+        self.deadline = 0.0
+        if self.state == READING_HEAD:
+            self._send_and_close(408, "the request head did not arrive in time")
+        elif self.state == IDLE:
+            self.close()
+
+    # -- parsing --------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == IDLE:
+            self.state = READING_HEAD
+            self.deadline = self.ctx.now + self.ctx.snapshot.header_timeout
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._after_upgrade(data, int(upgrade.args[0]))
+            return
+        except httptools.HttpParserCallbackError as err:
+            cause = err.__context__
+            if isinstance(cause, Reject):
+                self.reject(cause.status, cause.detail, self.building)
+            else:
+                log.error("error while handling a request", exc_info=cause)
+                self.reject(500, "internal error", self.building)
+            return
+        except httptools.HttpParserError as err:
+            self.reject(400, f"malformed request ({err})", self.building)
+            return
+        if self.state == READING_HEAD:
+            self.partial += len(data)
+            snap = self.ctx.snapshot
+            if self.partial > snap.max_request_line + snap.max_header_bytes:
+                building = self.building
+                if building is None or (not building.headers and building.n_host == 0):
+                    self.reject(414, "request line too long", building)
+                else:
+                    self.reject(431, "request header block too large", building)
+
+    def _after_upgrade(self, data: bytes, offset: int) -> None:
+        # Upgrades are not tunnelled (yet): the request went upstream without its Upgrade
+        # header, and parsing goes on with a fresh parser after it.
+        self.parser = self._new_parser()
+        rest = data[offset:]
+        if rest and self.state != CLOSED:
+            self.data_received(rest)
+
+    def on_message_begin(self) -> None:
+        self.building = Exchange(self, self.ctx.snapshot)
+        self.partial = 0
+        if self.current is None:
+            self.state = READING_HEAD
+
+    def on_url(self, url: bytes) -> None:
+        ex = self.building
+        assert ex is not None
+        ex.target = ex.target + url if ex.target else url
+        if len(ex.target) > ex.snap.max_request_line:
+            raise Reject(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.building
+        assert ex is not None
+        ex.header_bytes += len(name) + len(value) + 4
+        if ex.header_bytes > ex.snap.max_header_bytes:
+            raise Reject(431, "request header block too large")
+        kind = _SPECIAL.get(name.lower())
+        if kind is None:
+            ex.headers.append(name + b": " + value + b"\r\n")
+        elif kind == _HOST:
+            ex.n_host += 1
+            ex.host = value
+            ex.headers.append(name + b": " + value + b"\r\n")
+        elif kind == _CL:
+            try:
+                ex.cl = int(value)
+            except ValueError:
+                raise Reject(400, "malformed Content-Length") from None
+        elif kind == _TE:
+            ex.te = value if ex.te is None else ex.te + b", " + value
+            ex.chunked_in = True
+        elif kind == _CONN:
+            tokens = connection_tokens(value)
+            ex.conn_tokens = tokens if ex.conn_tokens is None else ex.conn_tokens | tokens
+        elif kind == _XFF:
+            ex.xff = value if ex.xff is None else ex.xff + b", " + value
+        elif kind == _XFP:
+            ex.xfp = value
+        elif kind == _XFH:
+            ex.xfh = value
+        elif kind == _FWD:
+            ex.fwd = value if ex.fwd is None else ex.fwd + b", " + value
+        elif kind == _RID:
+            if valid_request_id(value):
+                ex.rid = value
+        elif kind == _EXPECT:
+            ex.expect = value.strip().lower() == b"100-continue"
+            ex.headers.append(name + b": " + value + b"\r\n")
+        elif kind == _COOKIE:
+            ex.cookie = value if ex.cookie is None else ex.cookie + b"; " + value
+            ex.headers.append(name + b": " + value + b"\r\n")
+        # _DROP: hop-by-hop, not forwarded
+
+    def on_headers_complete(self) -> None:
+        ex = self.building
+        assert ex is not None
+        parser = self.parser
+        version = parser.get_http_version()
+        if version[:2] != "1.":
+            raise Reject(505, f"HTTP version {version} is not supported")
+        ex.version11 = version != "1.0"
+        ex.method = method = parser.get_method()
+        ex.method_head = method == b"HEAD"
+        ex.keep_alive = parser.should_keep_alive()
+        if method == b"CONNECT":
+            raise Reject(405, "CONNECT is not supported")
+        if ex.n_host > 1:
+            raise Reject(400, "more than one Host header")
+        if ex.host is None and ex.version11:
+            raise Reject(400, "missing Host header")
+        if ex.te is not None and not ex.version11:
+            raise Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
+        limit = ex.snap.max_body_bytes
+        if limit and ex.cl > limit:
+            raise Reject(413, f"request body larger than {limit} bytes")
+        if ex.conn_tokens:
+            ex.conn_tokens.discard(b"close")
+            ex.conn_tokens.discard(b"keep-alive")
+            if ex.conn_tokens:  # headers the client named in Connection are hop-by-hop too
+                drop = ex.conn_tokens
+                ex.headers = [h for h in ex.headers if h.split(b":", 1)[0].lower() not in drop]
+        if not ex.rid:
+            ex.rid = self.ctx.ids.next()
+        ex.phase = BODY
+        if self.current is None:
+            self.current = ex
+            self.state = BUSY
+            self.deadline = 0.0
+            ex.start()
+        else:
+            if self.pending is None:
+                self.pending = deque()
+            self.pending.append(ex)
+            self.block_read(self.BLOCK_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.building
+        assert ex is not None
+        ex.request_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.building
+        assert ex is not None
+        if ex.phase != DONE:
+            ex.request_done()
+
+    # -- responses ----------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.write(data)
+
+    def writelines(self, data: tuple[bytes, ...] | list[bytes]) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.writelines(data)
+
+    def exchange_done(self, ex: Exchange, keep_alive: bool) -> None:
+        """The response to ``ex`` is complete (or failed); serve the next request or close."""
+        if ex is not self.current:
+            return
+        self.current = None
+        if self.state == CLOSED:
+            return
+        if not keep_alive:  # includes a response that ended before its request body did
+            self.close()
+            return
+        pending = self.pending
+        if pending:
+            nxt = pending.popleft()
+            self.current = nxt
+            self.state = BUSY
+            nxt.start()
+            return
+        if self.reject_after is not None:
+            status, detail, rid = self.reject_after
+            self._send_and_close(status, detail, rid)
+            return
+        self.unblock_read(self.BLOCK_PIPELINE)
+        building = self.building
+        if building is not None and building.phase == HEAD and building is not ex:
+            self.state = READING_HEAD
+            self.deadline = self.ctx.now + self.ctx.snapshot.header_timeout
+        else:
+            self.state = IDLE
+            if self.ctx.draining:
+                self.close()
+                return
+            self.deadline = self.ctx.now + self.ctx.snapshot.keepalive_timeout
+
+    def reject(self, status: int, detail: str, ex: Exchange | None) -> None:
+        """Answer a request we refuse (or a broken request body) and close the connection."""
+        current = self.current
+        rid = ex.rid if ex is not None and ex.rid else self.ctx.ids.next()
+        if current is not None and ex is not current and not current.finished:
+            # a bad request pipelined behind a good one: answer the good one first
+            self.reject_after = (status, detail, rid)
+            self.pending = deque(e for e in self.pending or () if e is not ex)
+            self.block_read(self.BLOCK_PIPELINE)
+            return
+        if current is not None and not current.finished:
+            current.abandon_upstream()
+            if current.resp_started:  # part of a response went out already: just close
+                current.close_after = True
+                current.end()
+                self.abort()
+                return
+            current.close_after = True
+        self._send_and_close(status, detail, rid)
+        if current is not None and not current.finished:
+            current.status = status
+            current.end()
+
+    def _send_and_close(self, status: int, detail: str, rid: bytes | None = None) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if rid is None:
+            rid = self.ctx.ids.next()
+        transport.write(error_response(status, detail, rid, close=True))
+        self.close()
+
+    def close(self) -> None:
+        transport = self.transport
+        self.state = CLOSED
+        if transport is not None:
+            transport.close()
+
+    def abort(self) -> None:
+        transport = self.transport
+        self.state = CLOSED
+        if transport is not None:
+            transport.abort()
+
+    # -- flow control ----------------------------------------------------------------------
+
+    def block_read(self, reason: int) -> None:
+        if not self.read_block and self.transport is not None:
+            self.transport.pause_reading()
+        self.read_block |= reason
+
+    def unblock_read(self, reason: int) -> None:
+        if self.read_block & reason:
+            self.read_block &= ~reason
+            if not self.read_block and self.transport is not None:
+                self.transport.resume_reading()
+
+    def pause_reading_for_upstream(self) -> None:
+        self.block_read(self.BLOCK_UPSTREAM)
+
+    def resume_reading_for_upstream(self) -> None:
+        self.unblock_read(self.BLOCK_UPSTREAM)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        ex = self.current
+        if ex is not None and ex.upstream is not None and ex.upstream.transport is not None:
+            ex.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.current
+        if ex is not None and ex.upstream is not None and ex.upstream.transport is not None:
+            ex.upstream.transport.resume_reading()

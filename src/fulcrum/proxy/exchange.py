@@ -1,0 +1,501 @@
+"""One request and its response: from a parsed head, through a pooled upstream connection, back to the client.
+
+The client connection feeds an exchange with the request (head, body
+chunks, end); the upstream connection feeds it with the response. Bodies
+stream both ways; nothing is held whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from fulcrum.balancing import hash_key_value, observe_latency, sticky_lookup, sticky_set_cookie, sticky_token
+from fulcrum.balancing.base import EMPTY_CONTEXT, PickContext
+from fulcrum.http.headers import forwarded_node, split_host
+from fulcrum.http.status import REASONS, STATUS_LINES, error_response
+from fulcrum.proxy.upstream import (
+    CHUNKED,
+    CONNECT_ERROR,
+    CONNECT_TIMEOUT,
+    INVALID,
+    READ_TIMEOUT,
+    RESET,
+    TOTAL_TIMEOUT,
+    UNTIL_CLOSE,
+    Pool,
+    UpstreamConnection,
+)
+from fulcrum.routing import target_path
+
+if TYPE_CHECKING:
+    from fulcrum.proxy.downstream import ClientConnection
+    from fulcrum.state.group import Group
+    from fulcrum.state.server import Server
+    from fulcrum.state.snapshot import Snapshot
+
+log = logging.getLogger("fulcrum.proxy")
+
+# Request phases.
+HEAD, BODY, DONE = 0, 1, 2
+
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
+#: Request body bytes held while no upstream connection is ready, before the client is paused.
+BODY_BUFFER_LIMIT = 64 * 1024
+LAST_CHUNK = b"0\r\n\r\n"
+CRLF = b"\r\n"
+
+
+class Exchange:
+    """State of one request from its head to the end of its response."""
+
+    __slots__ = (
+        "body_buf",
+        "body_buffered",
+        "body_len",
+        "chunk_out",
+        "chunked_in",
+        "cl",
+        "client",
+        "close_after",
+        "conn_tokens",
+        "cookie",
+        "deadline",
+        "expect",
+        "finished",
+        "fwd",
+        "group",
+        "head",
+        "header_bytes",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "method_head",
+        "n_host",
+        "phase",
+        "pool",
+        "resp_drop",
+        "resp_mode",
+        "resp_started",
+        "rid",
+        "server",
+        "set_cookie",
+        "snap",
+        "status",
+        "t0",
+        "target",
+        "te",
+        "tried",
+        "upstream",
+        "version11",
+        "xff",
+        "xfh",
+        "xfp",
+    )
+
+    def __init__(self, client: ClientConnection, snap: Snapshot) -> None:
+        self.client = client
+        self.snap = snap
+        self.target = b""
+        self.headers: list[bytes] = []
+        self.header_bytes = 0
+        self.host: bytes | None = None
+        self.n_host = 0
+        self.cl = -1
+        self.te: bytes | None = None
+        self.chunked_in = False
+        self.conn_tokens: set[bytes] | None = None
+        self.xff: bytes | None = None
+        self.xfp: bytes | None = None
+        self.xfh: bytes | None = None
+        self.fwd: bytes | None = None
+        self.rid: bytes = b""
+        self.cookie: bytes | None = None
+        self.expect = False
+        self.phase = HEAD
+        self.method = b""
+        self.method_head = False
+        self.keep_alive = True
+        self.version11 = True
+        self.upstream: UpstreamConnection | None = None
+        self.pool: Pool | None = None
+        self.server: Server | None = None
+        self.group: Group | None = None
+        self.head = b""
+        self.body_buf: list[bytes] | None = None
+        self.body_buffered = 0
+        self.body_len = 0
+        self.resp_started = False
+        self.resp_mode = 0
+        self.resp_drop: set[bytes] | None = None
+        self.chunk_out = False
+        self.close_after = False
+        self.set_cookie: bytes | None = None
+        self.status = 0
+        self.t0 = 0.0
+        self.deadline = 0.0
+        self.finished = False
+        self.tried: frozenset[str] = frozenset()
+
+    # -- request side --------------------------------------------------------
+
+    def start(self) -> None:
+        """Route the request, pick a server and send the head upstream (the head is complete)."""
+        client = self.client
+        ctx = client.ctx
+        snap = self.snap
+        if ctx.timing:
+            self.t0 = ctx.loop.time()
+        host = split_host(self.host) if self.host is not None and snap.routes.uses_host else b""
+        route = snap.routes.match(host, target_path(self.target))
+        if route is None:
+            self.respond_error(404, "no route matches this request")
+            return
+        group = self.group = snap.groups[route.upstream]
+        spec = group.spec
+        pick_ctx = EMPTY_CONTEXT
+        sticky = spec.sticky
+        server: Server | None = None
+        if sticky is not None:
+            token = self._cookie_value(sticky.cookie)
+            if token is not None:
+                server = sticky_lookup(token, group.eligible)
+        if server is None:
+            if group.needs_key:
+                pick_ctx = self._pick_context(group)
+            server = group.pick(pick_ctx)
+            if server is None:
+                self.respond_error(503, f"no healthy server in upstream '{group.name}'")
+                return
+            if sticky is not None:
+                self.set_cookie = sticky_set_cookie(sticky.cookie, sticky_token(server.id), sticky.ttl).encode()
+        total = spec.timeouts.total
+        if total:
+            self.deadline = ctx.now + total
+            ctx.timed.add(self)
+        self.forward(group, server)
+
+    def forward(self, group: Group, server: Server) -> None:
+        self.server = server
+        server.active += 1
+        server.requests += 1
+        ctx = self.client.ctx
+        pool = self.pool = ctx.pool_for(group.name, server)
+        self.head = self._upstream_head(server)
+        conn = pool.acquire()
+        if conn is not None:
+            self._attach(conn)
+            return
+        task = ctx.loop.create_task(self._connect(pool))
+        ctx.connect_tasks.add(task)
+        task.add_done_callback(ctx.connect_tasks.discard)
+
+    async def _connect(self, pool: Pool) -> None:
+        try:
+            conn = await pool.connect()
+        except TimeoutError:
+            if not self.finished:
+                self.upstream_failed(CONNECT_TIMEOUT)
+            return
+        except OSError:
+            if not self.finished:
+                self.upstream_failed(CONNECT_ERROR)
+            return
+        if self.finished:  # the client went away meanwhile: keep the fresh connection for later
+            pool.release(conn)
+            return
+        self._attach(conn)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        self.upstream = conn
+        conn.start(self)
+        transport = conn.transport
+        assert transport is not None
+        buf = self.body_buf
+        if buf:
+            self.body_buf = None
+            self.body_buffered = 0
+            transport.writelines([self.head, *buf])
+            self.client.unblock_read(self.client.BLOCK_BUFFER)
+        else:
+            transport.write(self.head)
+        if self.phase == DONE:
+            if self.chunked_in:
+                transport.write(LAST_CHUNK)
+            conn.deadline = self.client.ctx.now + conn.pool.read_timeout
+
+    def request_body(self, chunk: bytes) -> None:
+        self.body_len += len(chunk)
+        limit = self.snap.max_body_bytes
+        if limit and self.body_len > limit:
+            self.abandon_upstream()
+            self.client.reject(413, f"request body larger than {limit} bytes", self)
+            return
+        if self.chunked_in:
+            framed: list[bytes] = [b"%x\r\n" % len(chunk), chunk, CRLF]
+        else:
+            framed = [chunk]
+        conn = self.upstream
+        if conn is not None and conn.transport is not None:
+            conn.transport.writelines(framed)
+            return
+        if self.finished:  # answered already (e.g. 503): the rest of the body is read and dropped
+            return
+        if self.body_buf is None:
+            self.body_buf = framed
+        else:
+            self.body_buf.extend(framed)
+        self.body_buffered += len(chunk)
+        if self.body_buffered > BODY_BUFFER_LIMIT:
+            self.client.block_read(self.client.BLOCK_BUFFER)
+
+    def request_done(self) -> None:
+        self.phase = DONE
+        conn = self.upstream
+        if conn is not None and conn.transport is not None:
+            if self.chunked_in:
+                conn.transport.write(LAST_CHUNK)
+            conn.deadline = self.client.ctx.now + conn.pool.read_timeout
+
+    # -- response side ---------------------------------------------------------
+
+    def response_interim(self, status: int, reason: bytes, headers: list[bytes]) -> None:
+        """A 1xx from upstream: relayed to HTTP/1.1 clients (100 only when they asked for it)."""
+        if not self.version11 or (status == 100 and not self.expect):
+            return
+        self.client.write(b"".join([_status_line(status, reason), *headers, CRLF]))
+
+    def response_head(self, status: int, reason: bytes, headers: list[bytes], mode: int) -> None:
+        self.status = status
+        self.resp_mode = mode
+        self.resp_started = True
+        client = self.client
+        ctx = client.ctx
+        if self.group is not None and self.group.track_latency and self.server is not None:
+            now = ctx.loop.time()
+            observe_latency(self.server, (now - self.t0) * 1000.0, now)
+        drop = self.resp_drop
+        if drop is not None:
+            headers = [h for h in headers if h.split(b":", 1)[0].strip().lower() not in drop]
+        parts = [_status_line(status, reason), *headers, b"X-Request-ID: ", self.rid, CRLF]
+        if self.snap.expose_upstream and self.server is not None:
+            parts += (b"X-Upstream-Server: ", self.server.id.encode(), CRLF)
+        if self.set_cookie is not None:
+            parts += (b"Set-Cookie: ", self.set_cookie, CRLF)
+        close = not self.keep_alive or ctx.draining
+        if mode == CHUNKED or mode == UNTIL_CLOSE:
+            if self.version11:
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+                self.chunk_out = True
+            else:
+                close = True
+        if close:
+            parts.append(b"Connection: close\r\n")
+        elif not self.version11:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(CRLF)
+        self.close_after = close
+        client.write(b"".join(parts))
+
+    def response_body(self, data: bytes) -> None:
+        if self.chunk_out:
+            self.client.writelines((b"%x\r\n" % len(data), data, CRLF))
+        else:
+            self.client.write(data)
+
+    def response_complete(self, conn: UpstreamConnection) -> None:
+        if self.chunk_out:
+            self.client.write(LAST_CHUNK)
+        self.upstream = None
+        pool = self.pool
+        # a request still being sent upstream leaves that connection out of step
+        if conn.reusable and self.phase == DONE and pool is not None:
+            pool.release(conn)
+        else:
+            conn.close()
+        self.end()
+
+    # -- failures ----------------------------------------------------------------
+
+    def upstream_lost(self, conn: UpstreamConnection) -> None:
+        """The upstream connection closed while this exchange used it."""
+        self.upstream = None
+        if self.finished:
+            return
+        if self.resp_started:
+            if self.resp_mode == UNTIL_CLOSE:  # the close is the end of this body
+                if self.chunk_out:
+                    self.client.write(LAST_CHUNK)
+                self.end()
+            else:  # truncated: the client must see it truncated, never a fake end
+                self.client.abort()
+                self.end()
+            return
+        if (
+            conn.uses > 1
+            and not conn.got_bytes
+            and self.method in IDEMPOTENT
+            and self.cl <= 0
+            and not self.chunked_in
+            and self.pool is not None
+        ):
+            # A pooled connection the server had already closed: try once more on a new one.
+            task = self.client.ctx.loop.create_task(self._connect(self.pool))
+            self.client.ctx.connect_tasks.add(task)
+            task.add_done_callback(self.client.ctx.connect_tasks.discard)
+            return
+        self.upstream_failed(RESET)
+
+    def upstream_failed(self, kind: str) -> None:
+        if self.finished:
+            return
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            conn.abort()
+        server = self.server
+        if server is not None:
+            server.errors += 1
+        if self.resp_started:
+            self.client.abort()
+            self.end()
+            return
+        status, detail = self._failure_text(kind)
+        self.respond_error(status, detail)
+
+    def _failure_text(self, kind: str) -> tuple[int, str]:
+        server = self.server
+        sid = server.id if server is not None else "?"
+        pool = self.pool
+        if kind == CONNECT_ERROR:
+            return 502, f"could not connect to upstream server {sid}"
+        if kind == CONNECT_TIMEOUT:
+            secs = pool.connect_timeout if pool is not None else 0
+            return 504, f"connecting to upstream server {sid} timed out after {secs:g}s (connect timeout)"
+        if kind == READ_TIMEOUT:
+            secs = pool.read_timeout if pool is not None else 0
+            return 504, f"upstream server {sid} sent nothing for {secs:g}s (read timeout)"
+        if kind == TOTAL_TIMEOUT:
+            total = self.group.spec.timeouts.total if self.group is not None else 0
+            return 504, f"upstream server {sid} did not finish within {total:g}s (total timeout)"
+        if kind == INVALID:
+            return 502, f"upstream server {sid} sent an invalid response"
+        return 502, f"upstream server {sid} closed the connection before responding"
+
+    def on_timeout(self, now: float) -> None:
+        """The total timeout passed."""
+        self.deadline = 0.0
+        self.upstream_failed(TOTAL_TIMEOUT)
+
+    def abandon_upstream(self) -> None:
+        """Drop the upstream side (the client failed or left)."""
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            conn.abort()
+
+    def respond_error(self, status: int, detail: str) -> None:
+        """Answer with an error of our own; the connection stays open only if the request was read whole."""
+        close = not self.keep_alive or self.phase != DONE or self.client.ctx.draining
+        self.status = status
+        self.close_after = close
+        self.resp_started = True
+        self.client.write(error_response(status, detail, self.rid, close=close))
+        self.end()
+
+    def end(self) -> None:
+        """The exchange is over: counters, access log, and the client connection moves on."""
+        if self.finished:
+            return
+        self.finished = True
+        client = self.client
+        ctx = client.ctx
+        if self.deadline:
+            self.deadline = 0.0
+            ctx.timed.discard(self)
+        server = self.server
+        if server is not None:
+            server.active -= 1
+        ctx.stats.requests_total += 1
+        if self.status >= 500:
+            ctx.stats.responses_5xx += 1
+        if self.snap.access_log:
+            self._log()
+        client.exchange_done(self, not self.close_after and self.phase == DONE)
+
+    def _log(self) -> None:
+        ctx = self.client.ctx
+        dur_ms = (ctx.loop.time() - self.t0) * 1000.0 if self.t0 else 0.0
+        server = self.server.id if self.server is not None else "-"
+        ctx.access_log.write(
+            f'{self.client.client_ip} "{self.method.decode("latin-1")} {self.target.decode("latin-1")}" '
+            f"{self.status} upstream={server} duration_ms={dur_ms:.2f} request_id={self.rid.decode('latin-1')}"
+        )
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _upstream_head(self, server: Server) -> bytes:
+        client = self.client
+        trusted = client.trusted
+        parts = [self.method, b" ", self.target, b" HTTP/1.1\r\n", *self.headers]
+        host = self.host
+        if host is None:  # an HTTP/1.0 request without Host
+            host = server.id.encode()
+            parts += (b"Host: ", host, CRLF)
+        style = self.snap.forward_style
+        ip = client.client_ip_b
+        if style != "rfc7239":
+            xff = self.xff
+            parts += (b"X-Forwarded-For: ", xff + b", " + ip if xff and trusted else ip, CRLF)
+            parts += (b"X-Forwarded-Proto: ", self.xfp if self.xfp and trusted else b"http", CRLF)
+            parts += (b"X-Forwarded-Host: ", self.xfh if self.xfh and trusted else host, CRLF)
+        if style != "x-forwarded":
+            node = b"for=" + forwarded_node(client.client_ip) + b";host=\"" + host + b"\";proto=http"
+            fwd = self.fwd
+            parts += (b"Forwarded: ", fwd + b", " + node if fwd and trusted else node, CRLF)
+        parts += (b"X-Request-ID: ", self.rid, CRLF)
+        if self.chunked_in:
+            parts += (b"Transfer-Encoding: ", self.te or b"chunked", CRLF)
+        elif self.cl >= 0:
+            parts += (b"Content-Length: %d\r\n" % self.cl,)
+        parts.append(CRLF)
+        return b"".join(parts)
+
+    def _header_map(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for line in self.headers:
+            name, _, value = line.partition(b":")
+            out[name.decode("latin-1").lower()] = value.strip().decode("latin-1")
+        if self.host is not None:
+            out["host"] = self.host.decode("latin-1")
+        return out
+
+    def _cookies(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.cookie:
+            for part in self.cookie.decode("latin-1").split(";"):
+                name, eq, value = part.strip().partition("=")
+                if eq:
+                    out.setdefault(name, value)
+        return out
+
+    def _cookie_value(self, name: str) -> str | None:
+        if not self.cookie:
+            return None
+        return self._cookies().get(name)
+
+    def _pick_context(self, group: Group) -> PickContext:
+        client_ip = self.client.client_ip
+        path = target_path(self.target).decode("latin-1")
+        headers = self._header_map()
+        key = hash_key_value(group.hash_key, client_ip, path, headers, self._cookies())
+        return PickContext(client_ip=client_ip, path=path, headers=headers, hash_key=key, exclude=self.tried)
+
+
+def _status_line(status: int, reason: bytes) -> bytes:
+    line = STATUS_LINES.get(status)
+    if line is not None and reason == REASONS.get(status):
+        return line
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+

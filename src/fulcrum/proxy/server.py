@@ -1,0 +1,171 @@
+"""The proxy of one process: listeners, the snapshot, health checkers, the timer tick, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+
+from fulcrum.config import Config
+from fulcrum.health.active import HealthChecker
+from fulcrum.proxy.context import ProxyContext
+from fulcrum.proxy.downstream import IDLE, ClientConnection
+from fulcrum.state.server import Down, Server
+from fulcrum.state.snapshot import ServerRegistry, Snapshot, build_snapshot
+
+log = logging.getLogger("fulcrum")
+
+
+def _tick_for(config: Config) -> float:
+    """How often deadlines are checked: a fifth of the shortest timeout, between 10 ms and 250 ms."""
+    shortest = min(
+        [config.limits.header_timeout, config.limits.keepalive_timeout]
+        + [t for u in config.upstreams.values() for t in (u.timeouts.connect, u.timeouts.read) if t > 0]
+    )
+    return max(0.01, min(0.25, shortest / 5))
+
+
+class ProxyServer:
+    """Serves one config on its listeners until ``shutdown``."""
+
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop or asyncio.get_running_loop()
+        self.config = config
+        self.registry = ServerRegistry()
+        self.checkers: dict[str, HealthChecker] = {}
+        snapshot = self._build(config)
+        self.ctx = ProxyContext(self.loop, snapshot)
+        self.ctx.timing = snapshot.access_log or any(g.track_latency for g in snapshot.groups.values())
+        self.servers: list[asyncio.Server] = []
+        self._tick = _tick_for(config)
+        self._timer: asyncio.TimerHandle | None = None
+        self._stopped = asyncio.Event()
+
+    def _build(self, config: Config) -> Snapshot:
+        def on_new_server(group: str, server: Server) -> None:
+            if config.upstreams[group].health_check is not None:
+                server.set_down(Down.ACTIVE_CHECK, True)  # unknown until its first check
+
+        return build_snapshot(config, self.registry, self.loop.time, on_new_server)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.ctx.snapshot
+
+    @property
+    def ports(self) -> list[int]:
+        """The ports actually bound (useful with port 0)."""
+        out = []
+        for srv in self.servers:
+            for sock in srv.sockets:
+                out.append(sock.getsockname()[1])
+        return out
+
+    async def start(self) -> None:
+        """Check health once, then bind the listeners and start serving."""
+        await self._start_checkers(self.config)
+        for listen in self.config.listen:
+            srv = await self.loop.create_server(
+                lambda: ClientConnection(self.ctx),
+                host=listen.host or None,
+                port=listen.port,
+                backlog=4096,
+                reuse_address=True,
+                family=socket.AF_INET6 if ":" in (listen.host or "") else socket.AF_UNSPEC,
+            )
+            self.servers.append(srv)
+        self._timer = self.loop.call_later(self._tick, self._on_tick)
+        log.info("listening on %s", ", ".join(f"{lst.host or '0.0.0.0'}:{lst.port}" for lst in self.config.listen))
+
+    async def _start_checkers(self, config: Config) -> None:
+        snapshot = self.ctx.snapshot
+        old = self.checkers
+        self.checkers = {}
+        first_rounds = []
+        for name, group in snapshot.groups.items():
+            spec = config.upstreams[name].health_check
+            previous = old.pop(name, None)
+            if previous is not None:
+                await previous.stop()
+            if spec is None:
+                for server in group.servers:
+                    server.set_down(Down.ACTIVE_CHECK, False)
+                continue
+            checker = HealthChecker(name, group.servers, spec, on_change=self._on_health_change)
+            if previous is not None:
+                checker.adopt(previous)
+            else:
+                first_rounds.append(checker.check_all_once())
+            self.checkers[name] = checker
+        for checker in old.values():
+            await checker.stop()
+        if first_rounds:
+            await asyncio.gather(*first_rounds)
+        for checker in self.checkers.values():
+            checker.start()
+
+    def _on_health_change(self, server: Server, healthy: bool, reason: str) -> None:
+        if healthy:
+            log.info("server %s is up", server.id)
+        else:
+            log.warning("server %s is down: %s", server.id, reason)
+
+    async def apply(self, config: Config) -> None:
+        """Swap in a new config (listeners stay as they are); in-flight requests finish on the old snapshot."""
+        snapshot = self._build(config)
+        self.config = config
+        self.ctx.apply_snapshot(snapshot)
+        self.ctx.timing = snapshot.access_log or any(g.track_latency for g in snapshot.groups.values())
+        self._tick = _tick_for(config)
+        await self._start_checkers(config)
+
+    def _on_tick(self) -> None:
+        try:
+            self.ctx.sweep()
+        except Exception:  # the tick must survive anything a deadline handler does
+            log.exception("error in the timer tick")
+        self._timer = self.loop.call_later(self._tick, self._on_tick)
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish for up to ``grace`` seconds, then close everything."""
+        if grace is None:
+            grace = self.config.shutdown_grace
+        ctx = self.ctx
+        ctx.draining = True
+        for srv in self.servers:
+            srv.close()
+        for client in list(ctx.clients):
+            if isinstance(client, ClientConnection) and client.state == IDLE:
+                client.close()
+        deadline = self.loop.time() + grace
+        while ctx.clients and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for client in list(ctx.clients):
+            if isinstance(client, ClientConnection):
+                client.abort()
+        for checker in self.checkers.values():
+            await checker.stop()
+        for task in list(ctx.connect_tasks):
+            task.cancel()
+        for pool in ctx.pools.values():
+            pool.close()
+        if self._timer is not None:
+            self._timer.cancel()
+        ctx.access_log.flush()
+        for srv in self.servers:
+            await srv.wait_closed()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+def install_uvloop() -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop factory: uvloop when it imports, else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return asyncio.new_event_loop
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory

@@ -1,0 +1,1 @@
+"""Runtime state: servers, upstream groups and the snapshot the data plane reads."""

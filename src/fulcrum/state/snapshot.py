@@ -1,0 +1,102 @@
+"""The immutable view of config and servers that the data plane reads, swapped whole on change."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fulcrum.config import Config
+from fulcrum.routing import Route, RouteTable
+from fulcrum.state.group import Group
+from fulcrum.state.server import Server
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Routes, groups and the limits a request is served under, from one config."""
+
+    config: Config
+    routes: RouteTable
+    groups: Mapping[str, Group]
+    # flattened for the hot path
+    max_request_line: int
+    max_header_bytes: int
+    max_body_bytes: int
+    header_timeout: float
+    keepalive_timeout: float
+    expose_upstream: bool
+    access_log: bool
+    trusted_proxies: tuple[Any, ...]
+    forward_style: str
+
+    def close(self) -> None:
+        for group in self.groups.values():
+            group.close()
+
+
+class ServerRegistry:
+    """Runtime server state keyed by (group, server id), outliving snapshots and reloads."""
+
+    def __init__(self) -> None:
+        self._servers: dict[tuple[str, str], Server] = {}
+
+    def get_or_create(self, group: str, url: str, weight: int) -> tuple[Server, bool]:
+        probe = Server(url, weight)
+        key = (group, probe.id)
+        existing = self._servers.get(key)
+        if existing is not None:
+            existing.weight = weight
+            return existing, False
+        self._servers[key] = probe
+        return probe, True
+
+    def retain(self, keys: set[tuple[str, str]]) -> None:
+        for key in list(self._servers):
+            if key not in keys:
+                del self._servers[key]
+
+
+def build_snapshot(
+    config: Config,
+    registry: ServerRegistry,
+    clock: Callable[[], float],
+    on_new_server: Callable[[str, Server], None] | None = None,
+) -> Snapshot:
+    """A snapshot for ``config``, reusing the runtime state of servers that were already known."""
+    groups: dict[str, Group] = {}
+    keep: set[tuple[str, str]] = set()
+    for name, spec in config.upstreams.items():
+        servers = []
+        for s in spec.servers:
+            server, created = registry.get_or_create(name, s.url, s.weight)
+            if created and on_new_server is not None:
+                on_new_server(name, server)
+            keep.add((name, server.id))
+            servers.append(server)
+        groups[name] = Group(name, spec, servers, clock)
+    registry.retain(keep)
+    routes = [
+        Route(
+            upstream=r.upstream,
+            path_prefix=r.match.path_prefix.encode(),
+            host=r.match.host.encode() if r.match.host else None,
+            index=i,
+        )
+        for i, r in enumerate(config.routes)
+    ]
+    limits = config.limits
+    return Snapshot(
+        config=config,
+        routes=RouteTable(routes),
+        groups=groups,
+        max_request_line=limits.max_request_line,
+        max_header_bytes=limits.max_header_bytes,
+        max_body_bytes=limits.max_body_bytes,
+        header_timeout=limits.header_timeout,
+        keepalive_timeout=limits.keepalive_timeout,
+        expose_upstream=config.expose_upstream,
+        access_log=config.access_log,
+        trusted_proxies=tuple(config.forwarding.trusted_proxies),
+        forward_style=config.forwarding.style,
+    )
