@@ -1,0 +1,1 @@
+"""fulcrum.health: active health checks (``active``) and the response parser they use (``response``)."""
