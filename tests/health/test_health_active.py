@@ -130,7 +130,7 @@ Factory = Callable[..., Awaitable[FakeUpstream]]
 
 
 @pytest.fixture
-async def make_upstream() -> AsyncIterator[Factory]:
+async def start_fake() -> AsyncIterator[Factory]:
     started: list[FakeUpstream] = []
 
     async def make(default: Reply | bytes | None = None) -> FakeUpstream:
@@ -183,8 +183,8 @@ async def check(server: Server, spec: Spec | None = None) -> CheckStatus:
 # -- one check ----------------------------------------------------------------
 
 
-async def test_passing_check_sends_a_proper_request(make_upstream: Factory) -> None:
-    upstream = await make_upstream()
+async def test_passing_check_sends_a_proper_request(start_fake: Factory) -> None:
+    upstream = await start_fake()
     server = Server(upstream.url)
     status = await check(server)
     assert status.healthy and status.last_ok and status.checked
@@ -199,8 +199,8 @@ async def test_passing_check_sends_a_proper_request(make_upstream: Factory) -> N
     assert "Connection: close" in lines
 
 
-async def test_configured_host_method_and_path(make_upstream: Factory) -> None:
-    upstream = await make_upstream()
+async def test_configured_host_method_and_path(start_fake: Factory) -> None:
+    upstream = await start_fake()
     await check(Server(upstream.url), Spec(host="app.internal", path="/ready?deep=1", method="post"))
     lines = upstream.requests[0].decode().split("\r\n")
     assert lines[0] == "POST /ready?deep=1 HTTP/1.1"
@@ -214,8 +214,8 @@ async def test_refused_port(refused_port: int) -> None:
     assert server.down & Down.ACTIVE_CHECK
 
 
-async def test_hanging_server_times_out(make_upstream: Factory) -> None:
-    upstream = await make_upstream(HANG)
+async def test_hanging_server_times_out(start_fake: Factory) -> None:
+    upstream = await start_fake(HANG)
     loop = asyncio.get_running_loop()
     started = loop.time()
     status = await check(Server(upstream.url), Spec(timeout=0.1))
@@ -223,65 +223,65 @@ async def test_hanging_server_times_out(make_upstream: Factory) -> None:
     assert loop.time() - started < 1.0
 
 
-async def test_server_that_sends_headers_then_stalls_times_out(make_upstream: Factory) -> None:
-    upstream = await make_upstream(Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok", hang=True))
+async def test_server_that_sends_headers_then_stalls_times_out(start_fake: Factory) -> None:
+    upstream = await start_fake(Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok", hang=True))
     status = await check(Server(upstream.url), Spec(timeout=0.1))
     assert status.last_failure == "timeout after 0.1s"
 
 
-async def test_wrong_status(make_upstream: Factory) -> None:
-    upstream = await make_upstream(response(503))
+async def test_wrong_status(start_fake: Factory) -> None:
+    upstream = await start_fake(response(503))
     status = await check(Server(upstream.url))
     assert (status.last_failure, status.last_status, status.healthy) == ("status 503", 503, False)
 
 
-async def test_expect_status_is_the_spec_matcher(make_upstream: Factory) -> None:
-    upstream = await make_upstream(response(503))
+async def test_expect_status_is_the_spec_matcher(start_fake: Factory) -> None:
+    upstream = await start_fake(response(503))
     status = await check(Server(upstream.url), Spec(expect_status=Codes(500, 503)))
     assert status.healthy
 
 
-async def test_body_must_contain_expect_body(make_upstream: Factory) -> None:
-    upstream = await make_upstream(response(200, b"status: degraded"))
+async def test_body_must_contain_expect_body(start_fake: Factory) -> None:
+    upstream = await start_fake(response(200, b"status: degraded"))
     status = await check(Server(upstream.url), Spec(expect_body="ok"))
     assert status.last_failure == "body lacks 'ok'"
     assert not status.healthy
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-async def test_body_containing_expect_body_passes(make_upstream: Factory, chunked: bool) -> None:
-    upstream = await make_upstream(response(200, b'{"status": "ok"}', chunked=chunked))
+async def test_body_containing_expect_body_passes(start_fake: Factory, chunked: bool) -> None:
+    upstream = await start_fake(response(200, b'{"status": "ok"}', chunked=chunked))
     status = await check(Server(upstream.url), Spec(expect_body='"ok"'))
     assert status.healthy
 
 
-async def test_body_read_until_close(make_upstream: Factory) -> None:
-    upstream = await make_upstream(b"HTTP/1.0 200 OK\r\n\r\nall is ok")
+async def test_body_read_until_close(start_fake: Factory) -> None:
+    upstream = await start_fake(b"HTTP/1.0 200 OK\r\n\r\nall is ok")
     status = await check(Server(upstream.url), Spec(expect_body="is ok"))
     assert status.healthy
 
 
-async def test_garbage_response(make_upstream: Factory) -> None:
-    upstream = await make_upstream(b"this is not http at all\r\n\r\n")
+async def test_garbage_response(start_fake: Factory) -> None:
+    upstream = await start_fake(b"this is not http at all\r\n\r\n")
     status = await check(Server(upstream.url))
     assert status.last_failure == "invalid response"
 
 
-async def test_garbage_without_close_fails_before_the_timeout(make_upstream: Factory) -> None:
-    upstream = await make_upstream(Reply(b"\x00\x01\x02", hang=True))
+async def test_garbage_without_close_fails_before_the_timeout(start_fake: Factory) -> None:
+    upstream = await start_fake(Reply(b"\x00\x01\x02", hang=True))
     status = await check(Server(upstream.url), Spec(timeout=WAIT))
     assert status.last_failure == "invalid response"
 
 
-async def test_close_without_response(make_upstream: Factory) -> None:
-    upstream = await make_upstream(b"")
+async def test_close_without_response(start_fake: Factory) -> None:
+    upstream = await start_fake(b"")
     status = await check(Server(upstream.url))
     assert status.last_failure == "no response"
 
 
-async def test_head_reads_no_body(make_upstream: Factory) -> None:
+async def test_head_reads_no_body(start_fake: Factory) -> None:
     # A HEAD response announces a body it does not send; waiting for it would time out.
-    upstream = await make_upstream(Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", hang=True))
+    upstream = await start_fake(Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", hang=True))
     status = await check(Server(upstream.url), Spec(method="HEAD", path="/", timeout=WAIT))
     assert status.healthy
     assert upstream.requests[0].startswith(b"HEAD / HTTP/1.1\r\n")
@@ -305,8 +305,8 @@ def test_request_rejects_what_cannot_go_on_the_wire() -> None:
 # -- state: first round, rise and fall -----------------------------------------
 
 
-async def test_first_round_decides_alone(make_upstream: Factory, refused_port: int) -> None:
-    good = Server((await make_upstream()).url)
+async def test_first_round_decides_alone(start_fake: Factory, refused_port: int) -> None:
+    good = Server((await start_fake()).url)
     bad = Server(f"http://127.0.0.1:{refused_port}")
     changes = Changes()
     checker = HealthChecker("app", [good, bad], Spec(rise=5, fall=5), on_change=changes)
@@ -328,8 +328,8 @@ async def test_first_round_failure_takes_down_an_initially_healthy_server(refuse
     assert changes.calls == [(bad.id, False, "connect refused")]
 
 
-async def test_rise_and_fall_are_respected_exactly(make_upstream: Factory) -> None:
-    upstream = await make_upstream()
+async def test_rise_and_fall_are_respected_exactly(start_fake: Factory) -> None:
+    upstream = await start_fake()
     server = Server(upstream.url)
     changes = Changes()
     checker = HealthChecker("app", [server], Spec(rise=2, fall=3), on_change=changes)
@@ -360,9 +360,9 @@ async def test_rise_and_fall_are_respected_exactly(make_upstream: Factory) -> No
     assert status.last_failure == "status 503"
 
 
-async def test_state_change_is_logged_once(make_upstream: Factory, caplog: pytest.LogCaptureFixture) -> None:
+async def test_state_change_is_logged_once(start_fake: Factory, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="fulcrum.health")
-    upstream = await make_upstream()
+    upstream = await start_fake()
     server = Server(upstream.url)
     checker = HealthChecker("app", [server], Spec(fall=3))
     await checker.check_all_once()
@@ -374,8 +374,8 @@ async def test_state_change_is_logged_once(make_upstream: Factory, caplog: pytes
     assert messages == [f"app {server.id} up: 1 check passed", f"app {server.id} down: status 503 (3 failures)"]
 
 
-async def test_failing_callback_does_not_stop_checks(make_upstream: Factory) -> None:
-    server = Server((await make_upstream()).url)
+async def test_failing_callback_does_not_stop_checks(start_fake: Factory) -> None:
+    server = Server((await start_fake()).url)
 
     def explode(server: Server, healthy: bool, reason: str) -> None:
         raise RuntimeError("boom")
@@ -423,8 +423,8 @@ def test_record_changes_only_on_a_full_run(outcomes: list[bool], rise: int, fall
 # -- membership and reloads -------------------------------------------------------
 
 
-async def test_added_server_starts_down_until_one_pass(make_upstream: Factory) -> None:
-    upstream = await make_upstream()
+async def test_added_server_starts_down_until_one_pass(start_fake: Factory) -> None:
+    upstream = await start_fake()
     checker = HealthChecker("app", [], Spec(rise=3))
     server = Server(upstream.url)
     checker.add_server(server)
@@ -433,8 +433,8 @@ async def test_added_server_starts_down_until_one_pass(make_upstream: Factory) -
     assert server.eligible
 
 
-async def test_added_server_that_fails_first_needs_rise(make_upstream: Factory) -> None:
-    upstream = await make_upstream()
+async def test_added_server_that_fails_first_needs_rise(start_fake: Factory) -> None:
+    upstream = await start_fake()
     upstream.script.append(Reply(response(500)))
     checker = HealthChecker("app", [], Spec(rise=2))
     server = Server(upstream.url)
@@ -467,9 +467,9 @@ async def test_remove_server(refused_port: int) -> None:
     await checker.check_all_once()  # nothing left to check
 
 
-async def test_rebuilt_checker_keeps_state_by_server_id(make_upstream: Factory) -> None:
-    kept_upstream = await make_upstream(response(503))
-    other_upstream = await make_upstream()
+async def test_rebuilt_checker_keeps_state_by_server_id(start_fake: Factory) -> None:
+    kept_upstream = await start_fake(response(503))
+    other_upstream = await start_fake()
     kept, other = Server(kept_upstream.url), Server(other_upstream.url)
     old = HealthChecker("app", [kept, other], Spec(fall=3))
     await old.check_all_once()
@@ -478,7 +478,7 @@ async def test_rebuilt_checker_keeps_state_by_server_id(make_upstream: Factory) 
     assert (before.healthy, before.total_checks, before.consecutive_failures) == (False, 2, 2)
 
     # A reload: new Server objects, one server gone, one new.
-    new_upstream = await make_upstream()
+    new_upstream = await start_fake()
     kept2, added = Server(kept_upstream.url), Server(new_upstream.url)
     assert kept2.eligible
     new = HealthChecker("app", [kept2, added], Spec(fall=3, rise=2), previous=old)
@@ -495,8 +495,8 @@ async def test_rebuilt_checker_keeps_state_by_server_id(make_upstream: Factory) 
     assert old.status(kept.id).total_checks == 2
 
 
-async def test_adopt_after_construction(make_upstream: Factory) -> None:
-    upstream = await make_upstream()
+async def test_adopt_after_construction(start_fake: Factory) -> None:
+    upstream = await start_fake()
     old_server = Server(upstream.url)
     old = HealthChecker("app", [old_server], Spec())
     await old.check_all_once()
@@ -511,8 +511,8 @@ async def test_adopt_after_construction(make_upstream: Factory) -> None:
 # -- background scheduling ------------------------------------------------------------
 
 
-async def test_background_checks_follow_the_endpoint(make_upstream: Factory) -> None:
-    upstream = await make_upstream()
+async def test_background_checks_follow_the_endpoint(start_fake: Factory) -> None:
+    upstream = await start_fake()
     server = Server(upstream.url)
     changes = Changes()
     checker = HealthChecker("app", [server], Spec(interval=0.02, timeout=0.5, rise=2, fall=2), on_change=changes)
@@ -531,9 +531,9 @@ async def test_background_checks_follow_the_endpoint(make_upstream: Factory) -> 
     assert [c[1] for c in changes.calls] == [True]
 
 
-async def test_hanging_server_does_not_block_the_others(make_upstream: Factory) -> None:
-    hanging = Server((await make_upstream(HANG)).url)
-    good_upstream = await make_upstream()
+async def test_hanging_server_does_not_block_the_others(start_fake: Factory) -> None:
+    hanging = Server((await start_fake(HANG)).url)
+    good_upstream = await start_fake()
     good = Server(good_upstream.url)
     checker = HealthChecker("app", [hanging, good], Spec(interval=0.02, timeout=WAIT))
     checker.start()
@@ -547,12 +547,12 @@ async def test_hanging_server_does_not_block_the_others(make_upstream: Factory) 
         await checker.stop()
 
 
-async def test_server_added_while_running_is_checked_at_once(make_upstream: Factory) -> None:
+async def test_server_added_while_running_is_checked_at_once(start_fake: Factory) -> None:
     changes = Changes()
     checker = HealthChecker("app", [], Spec(interval=60), on_change=changes)
     checker.start()
     try:
-        server = Server((await make_upstream()).url)
+        server = Server((await start_fake()).url)
         checker.add_server(server)
         await changes.wait_for(server.id, True)
     finally:
@@ -563,10 +563,10 @@ def health_tasks() -> list[asyncio.Task[object]]:
     return [t for t in asyncio.all_tasks() if t.get_name().startswith("fulcrum health")]
 
 
-async def test_stop_leaves_no_tasks(make_upstream: Factory, refused_port: int) -> None:
-    good_upstream = await make_upstream()
+async def test_stop_leaves_no_tasks(start_fake: Factory, refused_port: int) -> None:
+    good_upstream = await start_fake()
     servers = [
-        Server((await make_upstream(HANG)).url),
+        Server((await start_fake(HANG)).url),
         Server(good_upstream.url),
         Server(f"http://127.0.0.1:{refused_port}"),
     ]
@@ -616,9 +616,9 @@ def test_same_seed_same_schedule() -> None:
     assert first == [next_delay(1.0, 0.5, random.Random(3)) for _ in range(3)]
 
 
-async def test_injected_clock_stamps_results(make_upstream: Factory) -> None:
+async def test_injected_clock_stamps_results(start_fake: Factory) -> None:
     now = [100.0]
-    server = Server((await make_upstream()).url)
+    server = Server((await start_fake()).url)
     checker = HealthChecker("app", [server], Spec(), clock=lambda: now[0])
     await checker.check_all_once()
     now[0] = 105.0
