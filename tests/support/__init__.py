@@ -1,0 +1,1 @@
+"""Helpers shared by the test suite: real upstream servers and raw-socket HTTP clients."""
