@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TextIO
 
 from fulcrum.http.headers import RequestIds
 from fulcrum.proxy.upstream import Pool
 
 if TYPE_CHECKING:
+    from fulcrum.state.group import Group
     from fulcrum.state.server import Server
     from fulcrum.state.snapshot import Snapshot
 
@@ -40,7 +41,7 @@ class AccessLog:
 
     __slots__ = ("_lines", "_out")
 
-    def __init__(self, out: object = None) -> None:
+    def __init__(self, out: TextIO | None = None) -> None:
         self._lines: list[str] = []
         self._out = out if out is not None else sys.stdout
 
@@ -51,8 +52,8 @@ class AccessLog:
         if self._lines:
             lines, self._lines = self._lines, []
             out = self._out
-            out.write("\n".join(lines) + "\n")  # type: ignore[attr-defined]
-            out.flush()  # type: ignore[attr-defined]
+            out.write("\n".join(lines) + "\n")
+            out.flush()
 
 
 class ProxyContext:
@@ -66,34 +67,30 @@ class ProxyContext:
         self.now = loop.time()
         self.timed: set[Timed] = set()
         self.clients: set[object] = set()
-        self.pools: dict[tuple[str, str], Pool] = {}
+        self.pools: dict[Server, Pool] = {}  # a Server belongs to one group, so it keys its pool
         self.access_log = AccessLog()
         self.draining = False
         self.timing = False  # measure request durations (access log, latency-aware policies)
         self.started_wall = time.time()
         self.connect_tasks: set[asyncio.Task[None]] = set()
 
-    def pool_for(self, group: str, server: Server) -> Pool:
-        key = (group, server.id)
-        pool = self.pools.get(key)
-        if pool is None:
-            pool = Pool(self, server)
-            spec = self.snapshot.groups[group].spec
-            pool.configure(spec, self.snapshot.max_header_bytes)
-            self.pools[key] = pool
+    def new_pool(self, group: Group, server: Server) -> Pool:
+        pool = self.pools[server] = Pool(self, server)
+        pool.configure(group.spec, self.snapshot.max_header_bytes)
         return pool
 
     def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Swap in a new snapshot; pools of servers that left are closed, the others reconfigured."""
         old = self.snapshot
         self.snapshot = snapshot
-        live = {(g.name, s.id) for g in snapshot.groups.values() for s in g.servers}
-        for key, pool in list(self.pools.items()):
-            if key not in live:
+        live = {s: g for g in snapshot.groups.values() for s in g.servers}
+        for server, pool in list(self.pools.items()):
+            group = live.get(server)
+            if group is None:
                 pool.close()
-                del self.pools[key]
+                del self.pools[server]
             else:
-                pool.configure(snapshot.groups[key[0]].spec, snapshot.max_header_bytes)
+                pool.configure(group.spec, snapshot.max_header_bytes)
         if old is not snapshot:
             old.close()
 

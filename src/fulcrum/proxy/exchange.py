@@ -88,6 +88,7 @@ class Exchange:
         "te",
         "tried",
         "upstream",
+        "upstream_got_bytes",
         "version11",
         "xff",
         "xfh",
@@ -119,6 +120,7 @@ class Exchange:
         self.keep_alive = True
         self.version11 = True
         self.upstream: UpstreamConnection | None = None
+        self.upstream_got_bytes = False
         self.pool: Pool | None = None
         self.server: Server | None = None
         self.group: Group | None = None
@@ -153,9 +155,8 @@ class Exchange:
             self.respond_error(404, "no route matches this request")
             return
         group = self.group = snap.groups[route.upstream]
-        spec = group.spec
         pick_ctx = EMPTY_CONTEXT
-        sticky = spec.sticky
+        sticky = group.sticky
         server: Server | None = None
         if sticky is not None:
             token = self._cookie_value(sticky.cookie)
@@ -170,7 +171,7 @@ class Exchange:
                 return
             if sticky is not None:
                 self.set_cookie = sticky_set_cookie(sticky.cookie, sticky_token(server.id), sticky.ttl).encode()
-        total = spec.timeouts.total
+        total = group.total_timeout
         if total:
             self.deadline = ctx.now + total
             ctx.timed.add(self)
@@ -181,7 +182,7 @@ class Exchange:
         server.active += 1
         server.requests += 1
         ctx = self.client.ctx
-        pool = self.pool = ctx.pool_for(group.name, server)
+        pool = self.pool = ctx.pools.get(server) or ctx.new_pool(group, server)
         self.head = self._upstream_head(server)
         conn = pool.acquire()
         if conn is not None:
@@ -284,7 +285,7 @@ class Exchange:
         if self.set_cookie is not None:
             parts += (b"Set-Cookie: ", self.set_cookie, CRLF)
         close = not self.keep_alive or ctx.draining
-        if mode == CHUNKED or mode == UNTIL_CLOSE:
+        if mode in (CHUNKED, UNTIL_CLOSE):
             if self.version11:
                 parts.append(b"Transfer-Encoding: chunked\r\n")
                 self.chunk_out = True
@@ -345,6 +346,7 @@ class Exchange:
             self.client.ctx.connect_tasks.add(task)
             task.add_done_callback(self.client.ctx.connect_tasks.discard)
             return
+        self.upstream_got_bytes = conn.got_bytes
         self.upstream_failed(RESET)
 
     def upstream_failed(self, kind: str) -> None:
@@ -377,10 +379,12 @@ class Exchange:
             secs = pool.read_timeout if pool is not None else 0
             return 504, f"upstream server {sid} sent nothing for {secs:g}s (read timeout)"
         if kind == TOTAL_TIMEOUT:
-            total = self.group.spec.timeouts.total if self.group is not None else 0
+            total = self.group.total_timeout if self.group is not None else 0
             return 504, f"upstream server {sid} did not finish within {total:g}s (total timeout)"
         if kind == INVALID:
             return 502, f"upstream server {sid} sent an invalid response"
+        if self.upstream_got_bytes:
+            return 502, f"upstream server {sid} closed the connection in the middle of its response head"
         return 502, f"upstream server {sid} closed the connection before responding"
 
     def on_timeout(self, now: float) -> None:

@@ -11,7 +11,7 @@ from fulcrum.config import Config
 from fulcrum.health.active import HealthChecker
 from fulcrum.proxy.context import ProxyContext
 from fulcrum.proxy.downstream import IDLE, ClientConnection
-from fulcrum.state.server import Down, Server
+from fulcrum.state.server import Down
 from fulcrum.state.snapshot import ServerRegistry, Snapshot, build_snapshot
 
 log = logging.getLogger("fulcrum")
@@ -43,11 +43,8 @@ class ProxyServer:
         self._stopped = asyncio.Event()
 
     def _build(self, config: Config) -> Snapshot:
-        def on_new_server(group: str, server: Server) -> None:
-            if config.upstreams[group].health_check is not None:
-                server.set_down(Down.ACTIVE_CHECK, True)  # unknown until its first check
-
-        return build_snapshot(config, self.registry, self.loop.time, on_new_server)
+        # the health checker sets a new server's first state (DESIGN 4, "Health at start")
+        return build_snapshot(config, self.registry, self.loop.time)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -79,9 +76,9 @@ class ProxyServer:
         log.info("listening on %s", ", ".join(f"{lst.host or '0.0.0.0'}:{lst.port}" for lst in self.config.listen))
 
     async def _start_checkers(self, config: Config) -> None:
+        """One checker per group with health checks; a rebuilt checker takes over its predecessor's state."""
         snapshot = self.ctx.snapshot
-        old = self.checkers
-        self.checkers = {}
+        old, self.checkers = self.checkers, {}
         first_rounds = []
         for name, group in snapshot.groups.items():
             spec = config.upstreams[name].health_check
@@ -92,24 +89,16 @@ class ProxyServer:
                 for server in group.servers:
                     server.set_down(Down.ACTIVE_CHECK, False)
                 continue
-            checker = HealthChecker(name, group.servers, spec, on_change=self._on_health_change)
-            if previous is not None:
-                checker.adopt(previous)
-            else:
+            checker = HealthChecker(name, group.servers, spec, previous=previous)
+            if previous is None:
                 first_rounds.append(checker.check_all_once())
             self.checkers[name] = checker
-        for checker in old.values():
-            await checker.stop()
-        if first_rounds:
+        for leftover in old.values():
+            await leftover.stop()
+        if first_rounds:  # traffic never goes to a server already known dead
             await asyncio.gather(*first_rounds)
         for checker in self.checkers.values():
             checker.start()
-
-    def _on_health_change(self, server: Server, healthy: bool, reason: str) -> None:
-        if healthy:
-            log.info("server %s is up", server.id)
-        else:
-            log.warning("server %s is down: %s", server.id, reason)
 
     async def apply(self, config: Config) -> None:
         """Swap in a new config (listeners stay as they are); in-flight requests finish on the old snapshot."""

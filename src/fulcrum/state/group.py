@@ -33,6 +33,8 @@ class Group:
         "servers",
         "slow_start",
         "spec",
+        "sticky",
+        "total_timeout",
         "track_latency",
     )
 
@@ -50,6 +52,8 @@ class Group:
         self.policy: str = spec.balance
         self.hash_key: str = spec.hash_key
         self.slow_start: float = spec.slow_start
+        self.sticky: Any = spec.sticky
+        self.total_timeout: float = spec.timeouts.total
         self.needs_key = needs_hash_key(self.policy)
         self.track_latency = self.policy in LATENCY_POLICIES
         self.clock = clock

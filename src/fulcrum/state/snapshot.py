@@ -41,15 +41,15 @@ class ServerRegistry:
     def __init__(self) -> None:
         self._servers: dict[tuple[str, str], Server] = {}
 
-    def get_or_create(self, group: str, url: str, weight: int) -> tuple[Server, bool]:
-        probe = Server(url, weight)
-        key = (group, probe.id)
+    def get_or_create(self, group: str, url: str, weight: int) -> Server:
+        fresh = Server(url, weight)
+        key = (group, fresh.id)
         existing = self._servers.get(key)
         if existing is not None:
             existing.weight = weight
-            return existing, False
-        self._servers[key] = probe
-        return probe, True
+            return existing
+        self._servers[key] = fresh
+        return fresh
 
     def retain(self, keys: set[tuple[str, str]]) -> None:
         for key in list(self._servers):
@@ -61,7 +61,6 @@ def build_snapshot(
     config: Config,
     registry: ServerRegistry,
     clock: Callable[[], float],
-    on_new_server: Callable[[str, Server], None] | None = None,
 ) -> Snapshot:
     """A snapshot for ``config``, reusing the runtime state of servers that were already known."""
     groups: dict[str, Group] = {}
@@ -69,9 +68,7 @@ def build_snapshot(
     for name, spec in config.upstreams.items():
         servers = []
         for s in spec.servers:
-            server, created = registry.get_or_create(name, s.url, s.weight)
-            if created and on_new_server is not None:
-                on_new_server(name, server)
+            server = registry.get_or_create(name, s.url, s.weight)
             keep.add((name, server.id))
             servers.append(server)
         groups[name] = Group(name, spec, servers, clock)

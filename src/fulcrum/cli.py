@@ -1,0 +1,171 @@
+"""The ``fulcrum`` command: run, check, demo, proxy, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from fulcrum import __version__
+from fulcrum.config import Config, ConfigError, describe, load_config, parse_config
+
+DEFAULT_CONFIG = "fulcrum.yaml"
+
+
+def _config_path(arg: str | None) -> str:
+    return arg or os.environ.get("FULCRUM_CONFIG") or DEFAULT_CONFIG
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        print(f"fulcrum: configuration is not valid ({len(err.errors)} error(s)):", file=sys.stderr)
+        print(str(err), file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    path = _config_path(args.config)
+    config = _load(path)
+    if config is None:
+        return 1
+    print(f"{path}: configuration is valid")
+    print(describe(config))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fulcrum.supervisor.runner import run, setup_logging
+
+    config = _load(_config_path(args.config))
+    if config is None:
+        return 1
+    if args.access_log and not config.access_log:
+        config = config.model_copy(update={"access_log": True})
+    setup_logging()
+    return run(config)
+
+
+def _quick_config(args: argparse.Namespace) -> dict[str, Any]:
+    upstream: dict[str, Any] = {"balance": args.balance, "servers": list(args.to)}
+    if args.health_path:
+        upstream["health_check"] = {"path": args.health_path}
+    return {
+        "listen": [args.listen],
+        "access_log": args.access_log,
+        "upstreams": {"default": upstream},
+    }
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    from fulcrum.supervisor.runner import run, setup_logging
+
+    try:
+        config = parse_config(_quick_config(args), source="command line")
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    setup_logging()
+    return run(config)
+
+
+DEMO_NAMES = ("demo-1", "demo-2", "demo-3")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fulcrum.demo_backend import serve_demo_backend
+    from fulcrum.proxy.server import ProxyServer
+    from fulcrum.supervisor.runner import run, setup_logging
+
+    setup_logging()
+    backends: list[asyncio.Server] = []
+
+    async def make_config() -> Config:
+        # The backends bind first (ephemeral ports); the config names them.
+        for name in DEMO_NAMES:
+            backends.append(await serve_demo_backend("127.0.0.1", 0, name))
+        servers = [f"http://127.0.0.1:{b.sockets[0].getsockname()[1]}" for b in backends]
+        demo = {
+            "balance": "round_robin",
+            "servers": servers,
+            "health_check": {"path": "/health", "interval": "2s", "timeout": "1s"},
+        }
+        return parse_config(
+            {"listen": [f"127.0.0.1:{args.port}"], "access_log": True, "expose_upstream": True,
+             "upstreams": {"demo": demo}},
+            source="demo",
+        )
+
+    def announce(server: ProxyServer) -> None:
+        url = f"http://127.0.0.1:{server.ports[0]}"
+        ups = ", ".join(s.id for g in server.snapshot.groups.values() for s in g.servers)
+        print(
+            f"\nFulcrum demo: {url}/ balances over three demo servers ({ups}).\n"
+            f"Try:\n"
+            f"  curl -i {url}/                 # again and again: round robin (see X-Upstream-Server)\n"
+            f"  curl -i {url}/slow?ms=200\n"
+            f"  curl -i -H 'X-Request-ID: my-id-1' {url}/\n"
+            f"Stop with Ctrl-C.\n",
+            flush=True,
+        )
+
+    return run(make_config, after_start=announce)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from fulcrum.balancing.simulate import simulate_config
+
+    config = _load(_config_path(args.config))
+    if config is None:
+        return 1
+    print(simulate_config(config, requests=args.requests, keys=args.keys, seed=args.seed))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fulcrum", description="Fulcrum: load balancer and reverse proxy.")
+    parser.add_argument("--version", action="version", version=f"fulcrum {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run with a config file")
+    p.add_argument("-c", "--config", help=f"config file (default: $FULCRUM_CONFIG or {DEFAULT_CONFIG})")
+    p.add_argument("--access-log", action="store_true", help="log one line per request to stdout")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="validate a config file and print what it sets up")
+    p.add_argument("-c", "--config", help=f"config file (default: $FULCRUM_CONFIG or {DEFAULT_CONFIG})")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("demo", help="three demo servers behind Fulcrum, no config needed")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("proxy", help="one-line reverse proxy: --listen :8080 --to URL --to URL")
+    p.add_argument("--listen", default=":8080", help="host:port or :port (default :8080)")
+    p.add_argument("--to", action="append", required=True, metavar="URL", help="upstream server (repeat)")
+    p.add_argument("--balance", default="round_robin", help="balancing policy (default round_robin)")
+    p.add_argument("--health-path", help="check each server's health at this path")
+    p.add_argument("--access-log", action="store_true", help="log one line per request to stdout")
+    p.set_defaults(func=cmd_proxy)
+
+    p = sub.add_parser("simulate", help="show how the configured policies spread synthetic traffic")
+    p.add_argument("-c", "--config", help=f"config file (default: $FULCRUM_CONFIG or {DEFAULT_CONFIG})")
+    p.add_argument("--requests", type=int, default=10000, help="synthetic requests per group (default 10000)")
+    p.add_argument("--keys", type=int, default=10000, help="distinct keys for hash policies (default 10000)")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
