@@ -1,0 +1,56 @@
+"""A short human summary of a config, as ``fulcrum check`` prints it."""
+
+from __future__ import annotations
+
+from fulcrum.config.schema import Config, HealthCheck, Route, Upstream
+from fulcrum.config.units import format_duration, format_size
+
+
+def _route(route: Route) -> str:
+    match = route.match
+    return f"{match.host or '*'}{match.path_prefix}"
+
+
+def _health(check: HealthCheck | None) -> str:
+    if check is None:
+        return "no health check (servers count as healthy)"
+    text = (
+        f"health: {check.method} {check.path} every {format_duration(check.interval)}"
+        f" (timeout {format_duration(check.timeout)}), expect {check.expect_status}"
+    )
+    if check.expect_body is not None:
+        text += f" with body containing {check.expect_body!r}"
+    return f"{text}, rise {check.rise}, fall {check.fall}, start {check.initial}"
+
+
+def _policy(upstream: Upstream) -> str:
+    text: str = upstream.balance
+    if upstream.balance == "consistent_hash":
+        text += f" on {upstream.hash_key}"
+    if upstream.sticky is not None:
+        text += f", sticky cookie {upstream.sticky.cookie}"
+    if upstream.slow_start:
+        text += f", slow start {format_duration(upstream.slow_start)}"
+    return text
+
+
+def describe(config: Config) -> str:
+    """Listeners, routes (match -> upstream) and each upstream with its policy, servers and health check."""
+    limits = config.limits
+    body = format_size(limits.max_body_bytes) if limits.max_body_bytes else "unlimited"
+    lines = [
+        f"listen: {', '.join(str(item) for item in config.listen)}",
+        f"limits: request line {format_size(limits.max_request_line)}, headers {format_size(limits.max_header_bytes)},"
+        f" body {body}, header timeout {format_duration(limits.header_timeout)},"
+        f" keep-alive {format_duration(limits.keepalive_timeout)}",
+        "routes:",
+    ]
+    width = max(len(_route(r)) for r in config.routes) if config.routes else 0
+    lines += [f"  {_route(r):<{width}}  -> {r.upstream}" for r in config.routes]
+    lines.append("upstreams:")
+    for name, upstream in config.upstreams.items():
+        count = len(upstream.servers)
+        lines.append(f"  {name}: {_policy(upstream)}, {count} server{'s' if count != 1 else ''}")
+        lines += [f"    {s.url}  weight {s.weight}" for s in upstream.servers]
+        lines.append(f"    {_health(upstream.health_check)}")
+    return "\n".join(lines)

@@ -1,0 +1,604 @@
+"""The config schema: frozen pydantic models whose field names are the contract other parts read.
+
+Every model forbids unknown keys. Validators raise ``ValueError`` with a plain
+phrase, or ``fail()`` with several problems at once, each at its own key path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, Literal, NoReturn
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from fulcrum.config.messages import FULCRUM_ERROR, humanize
+from fulcrum.config.units import StatusRanges, parse_duration, parse_size, short_repr
+
+# A problem found by a validator: (key path relative to the model, message, offending value).
+Problem = tuple[tuple[str | int, ...], str, object]
+
+_MODEL = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True)
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: header and cookie names
+_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?")
+_UNSAFE = re.compile(r"[\x00-\x20\x7f]")  # whitespace and control characters
+
+
+def issue(message: str) -> PydanticCustomError:
+    """A pydantic error carrying a finished message (braces in it are left alone)."""
+    return PydanticCustomError(FULCRUM_ERROR, "{reason}", {"reason": message})
+
+
+def problems_error(problems: Iterable[Problem], title: str = "Config") -> ValidationError:
+    """One ``ValidationError`` holding several problems, each at its own key path."""
+    details: list[InitErrorDetails] = [{"type": issue(msg), "loc": loc, "input": value} for loc, msg, value in problems]
+    return ValidationError.from_exception_data(title, details)
+
+
+def fail(problems: Iterable[Problem]) -> NoReturn:
+    """Report several problems from inside a validator."""
+    raise problems_error(problems)
+
+
+# ---------------------------------------------------------------- scalar types
+
+
+def _whole_number(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        return int(value)
+    raise ValueError(f"must be a whole number, got {short_repr(value)}")
+
+
+def _count(low: int, high: int | None = None) -> PlainValidator:
+    def validate(value: object) -> int:
+        number = _whole_number(value)
+        if high is not None and not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}, got {number}")
+        if number < low:
+            raise ValueError(f"must be at least {low}, got {number}")
+        return number
+
+    return PlainValidator(validate)
+
+
+def _duration(*, zero_ok: bool) -> PlainValidator:
+    def validate(value: Any) -> float:
+        seconds = parse_duration(value)
+        if seconds == 0 and not zero_ok:
+            raise ValueError(f"must be longer than 0, got {short_repr(value)}")
+        return seconds
+
+    return PlainValidator(validate)
+
+
+def _size(*, zero_ok: bool) -> PlainValidator:
+    def validate(value: Any) -> int:
+        size = parse_size(value)
+        if size == 0 and not zero_ok:
+            raise ValueError(f"must be larger than 0, got {short_repr(value)}")
+        return size
+
+    return PlainValidator(validate)
+
+
+def _fraction(value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return _fraction(float(value))
+        except ValueError:
+            pass
+    raise ValueError(f"must be a fraction from 0 to 1, got {short_repr(value)}")
+
+
+def _network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    if isinstance(value, str):
+        try:
+            return ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            pass
+    raise ValueError(f"must be an IP address or a CIDR network like 10.0.0.0/8, got {short_repr(value)}")
+
+
+Duration = Annotated[float, _duration(zero_ok=False)]
+OptionalDuration = Annotated[float, _duration(zero_ok=True)]  # 0 = off / none
+Size = Annotated[int, _size(zero_ok=False)]
+Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, PlainValidator(_network), PlainSerializer(str)]
+
+
+def _clean_text(value: str, what: str) -> str:
+    if _UNSAFE.search(value):
+        raise ValueError(f"{what} must not contain spaces or control characters, got {short_repr(value)}")
+    return value
+
+
+# ---------------------------------------------------------------- listeners
+
+
+def parse_listen(value: object) -> dict[str, object]:
+    """``"host:port"``, ``":port"``, ``"[::1]:8080"``, ``"8080"`` or ``8080`` as ``{host, port}``."""
+    problem = f"must be host:port, :port or [ipv6]:port, got {short_repr(value)}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {"port": value}
+    if not isinstance(value, str):
+        raise ValueError(problem)
+    text = value.strip()
+    if text.isdigit():
+        return {"port": text}
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(problem)
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"{problem} (the port is missing)")
+        if ":" in host:
+            raise ValueError(f"IPv6 addresses need brackets, like [::1]:8080, got {short_repr(value)}")
+    if not port.isdigit():
+        raise ValueError(problem)
+    return {"host": host or "0.0.0.0", "port": port}
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.fullmatch(host))
+
+
+class Listen(BaseModel):
+    """An address to accept client connections on; ``":8080"`` means every IPv4 interface."""
+
+    model_config = _MODEL
+
+    host: str = "0.0.0.0"
+    port: Annotated[int, _count(0, 65535)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, data: Any) -> Any:
+        return data if isinstance(data, Mapping) else parse_listen(data)
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, host: str) -> str:
+        host = host.strip()
+        if host == "*":
+            return "0.0.0.0"
+        if not _valid_host(host):
+            raise ValueError(f"must be an IP address or a host name, got {short_repr(host)}")
+        return host
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+# ---------------------------------------------------------------- top-level sections
+
+
+class Limits(BaseModel):
+    """What one client request may be, and how long a client may take."""
+
+    model_config = _MODEL
+
+    max_request_line: Size = 8 * 1024
+    max_header_bytes: Size = 32 * 1024
+    max_body_bytes: Annotated[int, _size(zero_ok=True)] = 0  # 0 = no limit; bodies stream
+    header_timeout: Duration = 10.0
+    keepalive_timeout: Duration = 75.0
+
+
+class Forwarding(BaseModel):
+    """Which peers may pass on X-Forwarded-For / Forwarded, and which of those headers Fulcrum writes."""
+
+    model_config = _MODEL
+
+    trusted_proxies: tuple[Network, ...] = ()
+    style: Literal["x-forwarded", "rfc7239", "both"] = "x-forwarded"
+
+
+# ---------------------------------------------------------------- upstreams
+
+
+class Sticky(BaseModel):
+    """Cookie stickiness: a client that carries the cookie goes back to the same server."""
+
+    model_config = _MODEL
+
+    cookie: str
+    ttl: Duration | None = None
+
+    @field_validator("cookie")
+    @classmethod
+    def _check_cookie(cls, name: str) -> str:
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"must be a valid cookie name (letters, digits and !#$%&'*+-.^_`|~), got {name!r}")
+        return name
+
+
+def _check_server_url(value: str) -> str:
+    problem = f"must be a URL like http://host:port, got {short_repr(value)}"
+    text = value.strip()
+    if "://" not in text:
+        raise ValueError(problem)
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as err:
+        reason = str(err)
+        raise ValueError(f"{problem} ({reason[:1].lower()}{reason[1:]})") from None
+    if parts.scheme.lower() == "https":
+        raise ValueError("https upstreams are not supported yet")
+    if parts.scheme.lower() != "http" or not parts.hostname:
+        raise ValueError(problem)
+    if parts.username is not None or parts.query or parts.fragment or parts.path not in ("", "/"):
+        raise ValueError(f"must be just http://host:port, with no path, query or user, got {short_repr(value)}")
+    host = parts.hostname
+    if not _valid_host(host):
+        raise ValueError(f"{problem} (bad host name {host!r})")
+    port = 80 if port is None else port
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class ServerSpec(BaseModel):
+    """One server of a group: a URL string or ``{url, weight}``. The URL is stored as ``http://host:port``."""
+
+    model_config = _MODEL
+
+    url: str
+    weight: Annotated[int, _count(1, 1000)] = 1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, data: Any) -> Any:
+        # A bare URL: its problems belong to the list item, not to a "url" key the user never wrote.
+        return {"url": _check_server_url(data)} if isinstance(data, str) else data
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        return _check_server_url(url)
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 80
+
+    @property
+    def address(self) -> str:
+        """``host:port`` (``[v6]:port``), the server's id within its group."""
+        return self.url.removeprefix("http://")
+
+
+class HealthCheck(BaseModel):
+    """Active health checks: a request every ``interval``; ``rise`` passes mark up, ``fall`` failures down."""
+
+    model_config = _MODEL
+
+    path: str = "/health"
+    method: str = "GET"
+    host: str | None = None
+    interval: Duration = 2.0
+    timeout: Duration = 1.0
+    jitter: Annotated[float, PlainValidator(_fraction)] = 0.1
+    expect_status: StatusRanges = StatusRanges.parse("200-399")
+    expect_body: str | None = None
+    rise: Annotated[int, _count(1)] = 2
+    fall: Annotated[int, _count(1)] = 3
+    initial: Literal["healthy", "unhealthy"] = "unhealthy"
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError(f"must start with /, got {short_repr(path)}")
+        return _clean_text(path, "the path")
+
+    @field_validator("method")
+    @classmethod
+    def _check_method(cls, method: str) -> str:
+        upper = method.strip().upper()
+        if upper not in ("GET", "HEAD", "OPTIONS", "POST"):
+            raise ValueError(f"must be one of GET, HEAD, OPTIONS, POST, got {short_repr(method)}")
+        return upper
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, host: str | None) -> str | None:
+        if host is not None:
+            if not host:
+                raise ValueError("must not be empty (leave it out to send the server's own host:port)")
+            _clean_text(host, "the host")
+        return host
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> HealthCheck:
+        if self.timeout > self.interval:
+            fail(
+                [
+                    (
+                        ("timeout",),
+                        f"must not be longer than the interval ({self.timeout:g}s > {self.interval:g}s)",
+                        self.timeout,
+                    )
+                ]
+            )
+        return self
+
+
+class Timeouts(BaseModel):
+    """Per upstream request: ``connect`` to open a connection, ``read`` between bytes, ``total`` overall."""
+
+    model_config = _MODEL
+
+    connect: Duration = 2.0
+    read: Duration = 30.0
+    total: OptionalDuration = 0.0  # 0 = none
+
+
+class Pool(BaseModel):
+    """Keep-alive connections to each server of the group."""
+
+    model_config = _MODEL
+
+    max_idle: Annotated[int, _count(0)] = 64
+    idle_timeout: Duration = 60.0
+    max_connections: Annotated[int, _count(0)] = 0  # 0 = unlimited
+
+
+Balance = Literal[
+    "round_robin",
+    "weighted_round_robin",
+    "least_conn",
+    "random",
+    "p2c",
+    "least_time",
+    "ip_hash",
+    "consistent_hash",
+]
+
+
+class Upstream(BaseModel):
+    """A group of servers, the policy that picks among them, and how their health is judged."""
+
+    model_config = _MODEL
+
+    balance: Balance = "round_robin"
+    hash_key: str = "ip"
+    sticky: Sticky | None = None
+    slow_start: OptionalDuration = 0.0  # 0 = off
+    servers: tuple[ServerSpec, ...]
+    health_check: HealthCheck | None = None
+    timeouts: Timeouts = Timeouts()
+    pool: Pool = Pool()
+
+    @field_validator("hash_key")
+    @classmethod
+    def _check_hash_key(cls, key: str) -> str:
+        key = key.strip()
+        if key in ("ip", "path"):
+            return key
+        kind, sep, name = key.partition(":")
+        if sep and kind in ("header", "cookie") and _TOKEN.fullmatch(name):
+            return key
+        raise ValueError(f"must be ip, path, header:NAME or cookie:NAME, got {short_repr(key)}")
+
+    @field_validator("servers")
+    @classmethod
+    def _no_duplicates(cls, servers: tuple[ServerSpec, ...]) -> tuple[ServerSpec, ...]:
+        if not servers:
+            raise ValueError("list at least one server")
+        seen: dict[str, int] = {}
+        problems: list[Problem] = []
+        for i, server in enumerate(servers):
+            first = seen.setdefault(server.address, i)
+            if first != i:
+                problems.append(((i,), f"{server.address} is already listed at servers[{first}]", server.url))
+        if problems:
+            fail(problems)
+        return servers
+
+
+# ---------------------------------------------------------------- routes
+
+
+class Match(BaseModel):
+    """Which requests a route takes: ``host`` (``*.example.com`` for subdomains) and ``path_prefix``."""
+
+    model_config = _MODEL
+
+    host: str | None = None
+    path_prefix: str = "/"
+
+    @field_validator("host")
+    @classmethod
+    def _normal_host(cls, host: str | None) -> str | None:
+        if host is None:
+            return None
+        text = host.strip().lower()
+        if text == "*":
+            return None
+        if text.startswith("["):  # [v6] or [v6]:port
+            end = text.find("]")
+            if end < 0:
+                raise ValueError(f"must be a host name like example.com or *.example.com, got {short_repr(host)}")
+            literal = text[: end + 1]
+            try:
+                ipaddress.IPv6Address(literal[1:-1])
+            except ValueError:
+                raise ValueError(f"bad IPv6 address {short_repr(host)}") from None
+            return literal
+        name, _, port = text.partition(":")
+        bare = name.removeprefix("*.")
+        if (port and not port.isdigit()) or not bare or not _HOSTNAME.fullmatch(bare):
+            raise ValueError(f"must be a host name like example.com or *.example.com, got {short_repr(host)}")
+        return name
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _check_prefix(cls, prefix: str) -> str:
+        if not prefix.startswith("/"):
+            raise ValueError(f"must start with /, got {short_repr(prefix)}")
+        return _clean_text(prefix, "the path prefix")
+
+
+class Route(BaseModel):
+    """Requests that ``match`` go to the group named ``upstream``."""
+
+    model_config = _MODEL
+
+    match: Match = Match()
+    upstream: str
+
+
+# ---------------------------------------------------------------- the whole config
+
+
+def _check_workers(value: object) -> int:
+    if isinstance(value, int | str) and not isinstance(value, bool) and str(value).strip() == "1":
+        return 1
+    raise ValueError(f"only workers: 1 is supported in this version (several workers come later), got {value!r}")
+
+
+def _listen_list(value: object) -> object:
+    return [value] if isinstance(value, str | int | Mapping) and not isinstance(value, bool) else value
+
+
+def _defined(names: Iterable[str]) -> str:
+    return ", ".join(names) or "none"
+
+
+def _cross_problems(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[Problem]]:
+    """Fill in the default route, check upstream names and that every route names a defined upstream.
+
+    This looks at the raw input, so these problems are reported alongside any others.
+    """
+    upstreams = data.get("upstreams")
+    if not isinstance(upstreams, Mapping):
+        return data, []
+    names = [str(n) for n in upstreams]
+    bad_names: list[Problem] = [
+        (("upstreams", name), "upstream names may use only letters, digits, '_', '.' and '-'", name)
+        for name in names
+        if not _NAME.fullmatch(name)
+    ]
+    data, problems = _route_problems(data, names)
+    return data, bad_names + problems
+
+
+def _route_problems(data: Mapping[str, Any], names: list[str]) -> tuple[Mapping[str, Any], list[Problem]]:
+    if "routes" not in data:
+        if len(names) == 1:
+            return {**data, "routes": [{"match": {"path_prefix": "/"}, "upstream": names[0]}]}, []
+        if len(names) > 1:
+            problem = f"needed when there are several upstreams (defined: {_defined(names)})"
+            return data, [(("routes",), problem, None)]
+        return data, []
+    routes = data["routes"]
+    problems: list[Problem] = []
+    if isinstance(routes, list | tuple):
+        for i, route in enumerate(routes):
+            target = route.get("upstream") if isinstance(route, Mapping) else None
+            if isinstance(target, str) and target not in names:
+                problem = f"unknown upstream {target!r} (defined: {_defined(names)})"
+                problems.append((("routes", i, "upstream"), problem, target))
+    return data, problems
+
+
+class Config(BaseModel):
+    """A whole Fulcrum config. Build it with ``parse_config`` or ``load_config``."""
+
+    model_config = _MODEL
+
+    listen: tuple[Listen, ...] = (Listen(port=8080),)
+    workers: Annotated[int, PlainValidator(_check_workers)] = 1
+    limits: Limits = Limits()
+    expose_upstream: bool = False
+    access_log: bool = False
+    forwarding: Forwarding = Forwarding()
+    upstreams: dict[str, Upstream]
+    routes: tuple[Route, ...] = ()  # when omitted, filled in by _cross_check
+    shutdown_grace: OptionalDuration = 30.0
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _single_listen(cls, value: object) -> object:
+        return _listen_list(value)
+
+    @field_validator("listen")
+    @classmethod
+    def _distinct_listen(cls, listen: tuple[Listen, ...]) -> tuple[Listen, ...]:
+        if not listen:
+            raise ValueError("list at least one address")
+        seen: dict[tuple[str, int], int] = {}
+        problems: list[Problem] = []
+        for i, item in enumerate(listen):
+            first = seen.setdefault((item.host, item.port), i)
+            if first != i and item.port != 0:
+                problems.append(((i,), f"{item} is already listed at listen[{first}]", str(item)))
+        if problems:
+            fail(problems)
+        return listen
+
+    @field_validator("upstreams")
+    @classmethod
+    def _some_upstream(cls, upstreams: dict[str, Upstream]) -> dict[str, Upstream]:
+        if not upstreams:
+            raise ValueError("define at least one upstream")
+        return upstreams
+
+    @field_validator("routes")
+    @classmethod
+    def _some_route(cls, routes: tuple[Route, ...]) -> tuple[Route, ...]:
+        if not routes:
+            raise ValueError("list at least one route (or leave routes out to send everything to the only upstream)")
+        return routes
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _cross_check(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Config:
+        if not isinstance(data, Mapping):
+            config: Config = handler(data)
+            return config
+        data, problems = _cross_problems(data)
+        try:
+            config = handler(data)
+        except ValidationError as err:
+            if not problems:
+                raise
+            raise merge_errors(err, problems) from None
+        if problems:
+            raise problems_error(problems)
+        return config
+
+
+def merge_errors(err: ValidationError, problems: Iterable[Problem]) -> ValidationError:
+    """``err``'s errors (as finished messages) followed by ``problems``."""
+    own: list[Problem] = [(tuple(e["loc"]), humanize(e, Config), e.get("input")) for e in err.errors()]
+    return problems_error([*own, *problems])
