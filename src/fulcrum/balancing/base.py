@@ -1,9 +1,13 @@
 """The contract every balancing policy follows.
 
-A policy is built for one set of eligible servers (``build(servers)``) and is
-rebuilt, never mutated, when that set changes. ``pick`` is O(1) or O(log n),
-does no I/O and never blocks. Policies read servers through the small
-``Member`` protocol, so this package imports nothing of the rest of Fulcrum.
+A policy is built for one set of eligible servers (its constructor takes
+them) and is rebuilt, never mutated, when that set changes. ``pick`` does no I/O, never
+blocks, and costs O(1) or O(log n) where the algorithm allows it (each policy
+states its cost). Policies read servers through the small ``Member``
+protocol, so this package imports nothing of the rest of Fulcrum.
+
+``pick`` is handed the same sequence the policy was built with; handing it
+another one makes the policy rebuild its tables for that sequence first.
 """
 
 from __future__ import annotations
@@ -14,7 +18,12 @@ from typing import Protocol, TypeVar
 
 
 class Member(Protocol):
-    """What a policy may read of a server (``fulcrum.state.Server`` satisfies it)."""
+    """What a policy may read of a server (``fulcrum.state.Server`` satisfies it).
+
+    ``ewma_ms``/``ewma_at`` are the smoothed response time and the clock time of
+    its last update; ``up_since`` is the clock time the server last became
+    eligible (for slow start).
+    """
 
     @property
     def id(self) -> str: ...
@@ -27,6 +36,12 @@ class Member(Protocol):
 
     @property
     def ewma_ms(self) -> float: ...
+
+    @property
+    def ewma_at(self) -> float: ...
+
+    @property
+    def up_since(self) -> float: ...
 
 
 S = TypeVar("S", bound=Member)
@@ -52,7 +67,7 @@ class PickContext:
 EMPTY_CONTEXT = PickContext()
 
 
-class Balancer(Protocol[S]):  # type: ignore[misc]
+class Balancer(Protocol[S]):
     """Chooses one of the eligible servers, or ``None`` when none is left."""
 
     def pick(self, ctx: PickContext, servers: Sequence[S]) -> S | None: ...
