@@ -621,6 +621,7 @@ class WrkResult:
     p50_ms: float | None = None
     p99_ms: float | None = None
     socket_errors: int = 0
+    socket_error_kinds: str = ""
     non_2xx: int = 0
     output: str = ""
 
@@ -646,6 +647,7 @@ def parse_wrk(output: str) -> WrkResult:
         r.p99_ms = _latency_ms(m.group(1))
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output):
         r.socket_errors = sum(int(g) for g in m.groups())
+        r.socket_error_kinds = m.group(0).removeprefix("Socket errors: ")
     if m := re.search(r"Non-2xx or 3xx responses: (\d+)", output):
         r.non_2xx = int(m.group(1))
     return r
@@ -689,6 +691,7 @@ class Run:
     p50_ms: float | None
     p99_ms: float | None
     socket_errors: int
+    socket_error_kinds: str
     non_2xx: int
     wall_s: float
     proxy_cpu_s: float
@@ -733,6 +736,7 @@ def measure(procs: Processes, opts: Options, proxy: Proxy, backend_pid: int, con
         p50_ms=wrk.p50_ms,
         p99_ms=wrk.p99_ms,
         socket_errors=wrk.socket_errors,
+        socket_error_kinds=wrk.socket_error_kinds,
         non_2xx=wrk.non_2xx,
         wall_s=round(wall, 3),
         proxy_cpu_s=round(proxy_cpu, 3),
@@ -994,6 +998,8 @@ def profile_run(procs: Processes, opts: Options, proxy: Proxy, stamp: str) -> di
         "--pid",
         str(proxy.pid),
         "--subprocesses",
+        "--rate",
+        "250",
         "--duration",
         str(opts.duration),
         "--output",
@@ -1016,6 +1022,7 @@ def profile_run(procs: Processes, opts: Options, proxy: Proxy, stamp: str) -> di
         tail = log_path.read_text(errors="replace")[-600:] if log_path.exists() else ""
         log(f"  py-spy wrote no flame graph (exit {spy.returncode}): {tail.strip()}")
         return {"error": relative(tail.strip()), "rps_while_profiled": wrk.rps}
+    svg.write_text(relative(svg.read_text(errors="replace")))  # its titles name the command line
     log(f"  flame graph: {relative(str(svg))}  (rps while profiled: {wrk.rps:,.0f})")
     return {"flame_graph": relative(str(svg)), "rps_while_profiled": wrk.rps, "native": opts.profile_native}
 
@@ -1078,12 +1085,14 @@ def wait_for_quiet(opts: Options) -> float:
             return max(0.0, pct)
 
 
-def measure_all(procs: Processes, opts: Options, proxies: list[Proxy], backend_pid: int) -> list[Run]:
+def measure_all(procs: Processes, opts: Options, proxies: list[Proxy], backend_pid: int) -> tuple[list[Run], list[Run]]:
+    """All measured runs: (the ones kept, the noisier attempts that were measured again)."""
     if opts.warmup:
         log(f"warm-up: {opts.warmup} s per proxy at c{max(opts.conns)}")
         for px in proxies:
             run_wrk(procs, opts, px.port, max(opts.conns), opts.warmup)
     runs: list[Run] = []
+    discarded: list[Run] = []
     total = opts.reps * len(opts.conns) * len(proxies)
     for rep in range(1, opts.reps + 1):
         for conns in opts.conns:
@@ -1102,6 +1111,8 @@ def measure_all(procs: Processes, opts: Options, proxies: list[Proxy], backend_p
                         f"({run.proxy_cpu_pct:.0f}%)  new upstream conns {run.new_upstream_conns}  "
                         f"other CPU {run.other_cpu_pct:.0f}%" + ("  NOISY" if noisy else "")
                     )
+                    if run.socket_errors:
+                        log(f"  socket errors: {run.socket_error_kinds}")
                     if run.wrk_tail:
                         log(f"  wrk reported no requests:\n{run.wrk_tail}")
                     if not noisy:
@@ -1109,7 +1120,8 @@ def measure_all(procs: Processes, opts: Options, proxies: list[Proxy], backend_p
                 best = min(attempts, key=lambda r: r.other_cpu_pct)
                 best.attempts = len(attempts)
                 runs.append(best)
-    return runs
+                discarded += [a for a in attempts if a is not best]
+    return runs, discarded
 
 
 def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -1154,7 +1166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ready = start_proxies(procs, opts, run_dir, proxies)
         if not ready:
             raise SystemExit("no proxy came up; nothing to measure")
-        runs = measure_all(procs, opts, ready, backend.pid)
+        runs, discarded = measure_all(procs, opts, ready, backend.pid)
         profile: dict[str, Any] | None = None
         subject = next((p for p in ready if p.name == SUBJECT), None)
         if opts.profile:
@@ -1199,6 +1211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run_dir": str(run_dir),
     }
     report = markdown_report(meta, rows, rs, vs)
+    if discarded:
+        errors = ", ".join(f"{r.proxy} c{r.conns} rep {r.rep}: {r.errors}" for r in discarded if r.errors)
+        report += (
+            f"\n{len(discarded)} noisy attempt(s) were measured again and left out"
+            + (f"; errors in them: {errors}" if errors else "; no errors in them")
+            + " (all in the .json).\n"
+        )
     if profile is not None:
         report += f"\nProfile: {json.dumps(profile)}\n"
     report += f"\nEnvironment: {json.dumps(meta['environment'])}\n"
@@ -1211,6 +1230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": [asdict(v) for v in vs],
         "profile": profile,
         "runs": [asdict(r) for r in runs],
+        "discarded_noisy_runs": [asdict(r) for r in discarded],
     }
     Path(f"{base}.json").write_text(relative(json.dumps(document, indent=1, ensure_ascii=False)) + "\n")
     print(relative(report))
