@@ -62,7 +62,7 @@ def test_every_default() -> None:
     assert app.health_check is None
     assert [(s.url, s.weight) for s in app.servers] == [("http://127.0.0.1:5001", 1)]
     assert (app.timeouts.connect, app.timeouts.read, app.timeouts.total) == (2.0, 30.0, 0.0)
-    assert (app.pool.max_idle, app.pool.idle_timeout, app.pool.max_connections) == (64, 60.0, 0)
+    assert (app.pool.max_idle, app.pool.idle_timeout, app.pool.max_connections) == (1024, 60.0, 0)
 
 
 def test_health_check_defaults() -> None:

@@ -51,6 +51,8 @@ def spawn() -> Iterator[list[subprocess.Popen[bytes]]]:
         if p.poll() is None:
             p.kill()
         p.wait(10)
+        if p.stdout is not None:
+            p.stdout.close()
 
 
 def start(spawn: list[subprocess.Popen[bytes]], *args: str) -> subprocess.Popen[bytes]:
@@ -138,7 +140,8 @@ def test_proxy_quick_start_round_robins(spawn: list[subprocess.Popen[bytes]]) ->
         wait_port(port, proc)
         with httpx.Client(trust_env=False) as c:
             bodies = [c.get(f"http://127.0.0.1:{port}/").text for _ in range(4)]
-        assert bodies == ["ok a\n", "ok b\n", "ok a\n", "ok b\n"]
+        assert sorted(bodies[:2]) == ["ok a\n", "ok b\n"]  # the rotation may start at either
+        assert bodies == bodies[:2] * 2
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 0
 

@@ -217,6 +217,8 @@ class UpstreamServer:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
+        self._closing = False
+        self._transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -281,10 +283,23 @@ class UpstreamServer:
     async def _shutdown(self) -> None:
         if self._server is not None:
             self._server.close()
+        self._closing = True
+        for _ in range(3):  # connections accepted just now start their handlers, which see _closing and abort
+            await asyncio.sleep(0)
         await self._drop_all(lambda c: c.writer.transport.abort())
         if self._server is not None:
             await self._server.wait_closed()
-        await asyncio.sleep(0)  # let the transports' connection_lost callbacks run, closing their sockets
+        # a connection accepted just now may have a task that has not registered itself yet: end those too,
+        # or they are garbage-collected unfinished when the loop closes
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in others:
+            t.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        for transport in list(self._transports):
+            if not transport.is_closing():
+                transport.abort()
+        for _ in range(3):  # let the transports' connection_lost callbacks run, closing their sockets
+            await asyncio.sleep(0)
 
     async def _drop_all(self, drop: Callable[[_Conn], None]) -> None:
         with self._lock:
@@ -358,6 +373,10 @@ class UpstreamServer:
     # -- connection handling ---------------------------------------------------------------------------------
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._transports.add(writer.transport)
+        if self._closing:
+            writer.transport.abort()
+            return
         with self._lock:
             self._accepted += 1
             conn = _Conn(self._accepted, reader, writer, asyncio.current_task())
