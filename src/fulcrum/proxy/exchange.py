@@ -73,6 +73,7 @@ class Exchange:
         "method",
         "method_head",
         "n_host",
+        "out",
         "phase",
         "pool",
         "resp_drop",
@@ -129,6 +130,7 @@ class Exchange:
         self.body_buffered = 0
         self.body_len = 0
         self.resp_started = False
+        self.out: list[bytes] = []
         self.resp_mode = 0
         self.resp_drop: set[bytes] | None = None
         self.chunk_out = False
@@ -297,17 +299,28 @@ class Exchange:
             parts.append(b"Connection: keep-alive\r\n")
         parts.append(CRLF)
         self.close_after = close
-        client.write(b"".join(parts))
+        self.out.append(b"".join(parts))
 
     def response_body(self, data: bytes) -> None:
         if self.chunk_out:
-            self.client.writelines((b"%x\r\n" % len(data), data, CRLF))
+            self.out += (b"%x\r\n" % len(data), data, CRLF)
         else:
-            self.client.write(data)
+            self.out.append(data)
+
+    def flush(self) -> None:
+        """Write what the last upstream read produced, in one go (head and body in one send)."""
+        out = self.out
+        if out:
+            if len(out) == 1:
+                self.client.write(out[0])
+            else:
+                self.client.writelines(out)
+            out.clear()
 
     def response_complete(self, conn: UpstreamConnection) -> None:
         if self.chunk_out:
-            self.client.write(LAST_CHUNK)
+            self.out.append(LAST_CHUNK)
+        self.flush()
         self.upstream = None
         pool = self.pool
         # a request still being sent upstream leaves that connection out of step
@@ -327,10 +340,12 @@ class Exchange:
         if self.resp_started:
             if self.resp_mode == UNTIL_CLOSE:  # the close is the end of this body
                 if self.chunk_out:
-                    self.client.write(LAST_CHUNK)
+                    self.out.append(LAST_CHUNK)
+                self.flush()
                 self.end()
-            else:  # truncated: the client must see it truncated, never a fake end
-                self.client.abort()
+            else:  # truncated: the client gets what came, then the close; never a made-up ending
+                self.flush()
+                self.close_after = True
                 self.end()
             return
         if (
@@ -359,8 +374,9 @@ class Exchange:
         server = self.server
         if server is not None:
             server.errors += 1
-        if self.resp_started:
-            self.client.abort()
+        if self.resp_started:  # part of the response went out: the client sees it cut short
+            self.flush()
+            self.close_after = True
             self.end()
             return
         status, detail = self._failure_text(kind)

@@ -172,6 +172,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._parser_dirty = True
         if self.done:
             self._finish(exchange)
+        elif exchange.out:
+            exchange.flush()
 
     def on_message_begin(self) -> None:
         if self.done:  # bytes after a complete response
