@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from fulcrum.balancing import hash_key_value, observe_latency, sticky_lookup, sticky_set_cookie, sticky_token
 from fulcrum.balancing.base import EMPTY_CONTEXT, PickContext
 from fulcrum.http.headers import forwarded_node, split_host
-from fulcrum.http.status import REASONS, STATUS_LINES, error_response
+from fulcrum.http.status import error_response
 from fulcrum.proxy.upstream import (
     CHUNKED,
     CONNECT_ERROR,
@@ -76,7 +76,6 @@ class Exchange:
         "out",
         "phase",
         "pool",
-        "resp_drop",
         "resp_mode",
         "resp_started",
         "rid",
@@ -132,7 +131,6 @@ class Exchange:
         self.resp_started = False
         self.out: list[bytes] = []
         self.resp_mode = 0
-        self.resp_drop: set[bytes] | None = None
         self.chunk_out = False
         self.close_after = False
         self.set_cookie: bytes | None = None
@@ -263,41 +261,41 @@ class Exchange:
 
     # -- response side ---------------------------------------------------------
 
-    def response_interim(self, status: int, reason: bytes, headers: list[bytes]) -> None:
+    def response_interim(self, status: int, head: bytes) -> None:
         """A 1xx from upstream: relayed to HTTP/1.1 clients (100 only when they asked for it)."""
         if not self.version11 or (status == 100 and not self.expect):
             return
-        self.client.write(b"".join([_status_line(status, reason), *headers, CRLF]))
+        self.client.write(head + b"\r\n\r\n")
 
-    def response_head(self, status: int, reason: bytes, headers: list[bytes], mode: int) -> None:
+    def response_head(self, status: int, head: bytes, mode: int) -> None:
+        """The upstream's head, hop-by-hop lines already cut: add ours and queue it for the client."""
         self.status = status
         self.resp_mode = mode
         self.resp_started = True
         client = self.client
         ctx = client.ctx
-        if self.group is not None and self.group.track_latency and self.server is not None:
+        group = self.group
+        if group is not None and group.track_latency and self.server is not None:
             now = ctx.loop.time()
             observe_latency(self.server, (now - self.t0) * 1000.0, now)
-        drop = self.resp_drop
-        if drop is not None:
-            headers = [h for h in headers if h.split(b":", 1)[0].strip().lower() not in drop]
-        parts = [_status_line(status, reason), *headers, b"X-Request-ID: ", self.rid, CRLF]
+        parts = [head, b"\r\nX-Request-ID: ", self.rid]
         if self.snap.expose_upstream and self.server is not None:
-            parts += (b"X-Upstream-Server: ", self.server.id.encode(), CRLF)
+            parts += (b"\r\nX-Upstream-Server: ", self.server.id.encode())
         if self.set_cookie is not None:
-            parts += (b"Set-Cookie: ", self.set_cookie, CRLF)
+            parts += (b"\r\nSet-Cookie: ", self.set_cookie)
         close = not self.keep_alive or ctx.draining
         if mode in (CHUNKED, UNTIL_CLOSE):
             if self.version11:
-                parts.append(b"Transfer-Encoding: chunked\r\n")
+                parts.append(b"\r\nTransfer-Encoding: chunked")
                 self.chunk_out = True
             else:
                 close = True
         if close:
-            parts.append(b"Connection: close\r\n")
+            parts.append(b"\r\nConnection: close\r\n\r\n")
         elif not self.version11:
-            parts.append(b"Connection: keep-alive\r\n")
-        parts.append(CRLF)
+            parts.append(b"\r\nConnection: keep-alive\r\n\r\n")
+        else:
+            parts.append(b"\r\n\r\n")
         self.close_after = close
         self.out.append(b"".join(parts))
 
@@ -311,10 +309,8 @@ class Exchange:
         """Write what the last upstream read produced, in one go (head and body in one send)."""
         out = self.out
         if out:
-            if len(out) == 1:
-                self.client.write(out[0])
-            else:
-                self.client.writelines(out)
+            # one write: uvloop sends each buffer of writelines on its own when the socket is writable
+            self.client.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
 
     def response_complete(self, conn: UpstreamConnection) -> None:
@@ -511,11 +507,3 @@ class Exchange:
         headers = self._header_map()
         key = hash_key_value(group.hash_key, client_ip, path, headers, self._cookies())
         return PickContext(client_ip=client_ip, path=path, headers=headers, hash_key=key, exclude=self.tried)
-
-
-def _status_line(status: int, reason: bytes) -> bytes:
-    line = STATUS_LINES.get(status)
-    if line is not None and reason == REASONS.get(status):
-        return line
-    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
-
