@@ -169,3 +169,21 @@ def test_config_from_environment_variable(tmp_path: Path, spawn: list[subprocess
         spawn.append(proc)
         wait_port(port, proc)
         assert httpx.get(f"http://127.0.0.1:{port}/", trust_env=False).text == "ok a\n"
+
+
+def test_simulate_prints_spread_and_key_movement(tmp_path: Path) -> None:
+    cfg = tmp_path / "sim.yaml"
+    cfg.write_text(
+        "upstreams:\n  app:\n    balance: consistent_hash\n    hash_key: header:X-User\n"
+        "    servers: ['http://10.0.0.1:80', {url: 'http://10.0.0.2:80', weight: 2}, 'http://10.0.0.3:80']\n"
+    )
+    out = subprocess.run([*FULCRUM, "simulate", "-c", str(cfg), "--requests", "2000", "--keys", "1000"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = {ln.split()[0]: ln.split() for ln in out.stdout.splitlines() if ln.strip().startswith("10.0.0.")}
+    assert set(rows) == {"10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"}
+    assert "removing each server" in out.stdout
+    # the weight-2 server gets about half of the requests
+    share = next(float(r[3].rstrip("%")) for r in (ln.split() for ln in out.stdout.splitlines())
+             if r and r[0] == "10.0.0.2:80" and len(r) == 5)
+    assert 40 <= share <= 60

@@ -79,6 +79,7 @@ class Exchange:
         "resp_mode",
         "resp_started",
         "rid",
+        "sent_at",
         "server",
         "set_cookie",
         "snap",
@@ -136,6 +137,7 @@ class Exchange:
         self.set_cookie: bytes | None = None
         self.status = 0
         self.t0 = 0.0
+        self.sent_at = 0.0
         self.deadline = 0.0
         self.finished = False
         self.tried: frozenset[str] = frozenset()
@@ -211,6 +213,9 @@ class Exchange:
     def _attach(self, conn: UpstreamConnection) -> None:
         self.upstream = conn
         conn.start(self)
+        group = self.group
+        if group is not None and group.track_latency:  # response time from here: connecting is not the server's
+            self.sent_at = self.client.ctx.loop.time()
         transport = conn.transport
         assert transport is not None
         buf = self.body_buf
@@ -277,7 +282,7 @@ class Exchange:
         group = self.group
         if group is not None and group.track_latency and self.server is not None:
             now = ctx.loop.time()
-            observe_latency(self.server, (now - self.t0) * 1000.0, now)
+            observe_latency(self.server, (now - self.sent_at) * 1000.0, now)
         parts = [head, b"\r\nX-Request-ID: ", self.rid]
         if self.snap.expose_upstream and self.server is not None:
             parts += (b"\r\nX-Upstream-Server: ", self.server.id.encode())
