@@ -27,14 +27,14 @@ def valid_request_id(value: bytes) -> bool:
 class RequestIds:
     """Generates unique request ids cheaply: a random per-process prefix and a counter."""
 
-    __slots__ = ("_counter", "_prefix")
+    __slots__ = ("counter", "prefix")
 
     def __init__(self) -> None:
-        self._prefix = os.urandom(8).hex().encode("ascii")
-        self._counter = itertools.count(1)
+        self.prefix = os.urandom(8).hex().encode("ascii")
+        self.counter = itertools.count(1)
 
     def next(self) -> bytes:
-        return self._prefix + b"%016x" % next(self._counter)
+        return self.prefix + b"%016x" % next(self.counter)
 
 
 def connection_tokens(value: bytes) -> set[bytes]:

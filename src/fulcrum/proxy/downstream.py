@@ -280,7 +280,8 @@ class ClientConnection(asyncio.Protocol):
                 drop = ex.conn_tokens
                 ex.headers = [h for h in ex.headers if h.split(b":", 1)[0].lower() not in drop]
         if not ex.rid:
-            ex.rid = self.ctx.ids.next()
+            ids = self.ctx.ids
+            ex.rid = ids.prefix + b"%016x" % next(ids.counter)
         ex.phase = BODY
         if self.current is None:
             self.current = ex

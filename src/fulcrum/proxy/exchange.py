@@ -151,8 +151,11 @@ class Exchange:
         snap = self.snap
         if ctx.timing:
             self.t0 = ctx.loop.time()
-        host = split_host(self.host) if self.host is not None and snap.routes.uses_host else b""
-        route = snap.routes.match(host, target_path(self.target))
+        routes = snap.routes
+        route = routes.catch_all
+        if route is None:
+            host = split_host(self.host) if self.host is not None and routes.uses_host else b""
+            route = routes.match(host, target_path(self.target))
         if route is None:
             self.respond_error(404, "no route matches this request")
             return
@@ -167,7 +170,7 @@ class Exchange:
         if server is None:
             if group.needs_key:
                 pick_ctx = self._pick_context(group)
-            server = group.pick(pick_ctx)
+            server = group.balancer.pick(pick_ctx, group.eligible)
             if server is None:
                 self.respond_error(503, f"no healthy server in upstream '{group.name}'")
                 return

@@ -124,7 +124,13 @@ class UpstreamConnection(asyncio.Protocol):
         if self._parser_dirty:
             self.parser = httptools.HttpResponseParser(self)
             self._parser_dirty = False
-        self._reset_response()
+        # _reset_response(), inlined: this runs for every request
+        self._head_prefix = b""
+        self._in_head = False
+        self._interim = False
+        self.got_bytes = False
+        self.done = False
+        self.reusable = True
 
     def close(self) -> None:
         transport = self.transport

@@ -36,19 +36,23 @@ class Route:
 
 
 class RouteTable:
-    """Routes tried in order. A table whose first route matches everything answers at once."""
+    """Routes tried in order.
 
-    __slots__ = ("_catch_all", "routes", "uses_host")
+    ``catch_all`` is the first route when it matches every request: callers can skip working out
+    the host and path then.
+    """
+
+    __slots__ = ("catch_all", "routes", "uses_host")
 
     def __init__(self, routes: Sequence[Route]) -> None:
         self.routes = tuple(routes)
         first = self.routes[0] if self.routes else None
         self.uses_host = any(r.host is not None for r in self.routes)
-        self._catch_all = first if first is not None and first.host is None and first.path_prefix == b"/" else None
+        self.catch_all = first if first is not None and first.host is None and first.path_prefix == b"/" else None
 
     def match(self, host: bytes, path: bytes) -> Route | None:
-        if self._catch_all is not None:
-            return self._catch_all
+        if self.catch_all is not None:
+            return self.catch_all
         for route in self.routes:
             if route.matches(host, path):
                 return route
