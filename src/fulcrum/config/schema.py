@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     PlainSerializer,
     PlainValidator,
     ValidationError,
@@ -362,6 +363,53 @@ class Timeouts(BaseModel):
     total: OptionalDuration = 0.0  # 0 = none
 
 
+_PASSIVE_OUTCOMES = ("connect_error", "reset", "timeout", "5xx", "4xx")
+
+
+class Passive(BaseModel):
+    """Outlier detection: ``max_failures`` failures within ``window`` eject a server for ``eject_for``.
+
+    Repeated ejections last longer (``eject_for`` times the streak, up to ``max_eject_for``); at most
+    ``max_ejected_percent`` of a group is ejected at once, and never its last eligible server.
+    """
+
+    model_config = _MODEL
+
+    max_failures: Annotated[int, _count(1)] = 5
+    window: Duration = 10.0
+    eject_for: Duration = 30.0
+    max_eject_for: Duration = 300.0
+    max_ejected_percent: Annotated[float, Field(ge=0, le=100)] = 50.0
+    on: tuple[str, ...] = ("connect_error", "reset", "timeout", "5xx")
+
+    @field_validator("on")
+    @classmethod
+    def _check_on(cls, on: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [o for o in on if o not in _PASSIVE_OUTCOMES]
+        if bad:
+            raise ValueError(f"unknown outcome {bad[0]!r} (known: {', '.join(_PASSIVE_OUTCOMES)})")
+        return on
+
+    @model_validator(mode="after")
+    def _check_eject_times(self) -> Passive:
+        if self.max_eject_for < self.eject_for:
+            raise ValueError("max_eject_for must be at least eject_for")
+        return self
+
+
+class CircuitBreaker(BaseModel):
+    """Per server: opens when the failure ratio over at least ``min_requests`` in ``window`` passes
+    ``failure_ratio``; after ``open_for`` lets ``half_open_max`` probes through and closes on their success."""
+
+    model_config = _MODEL
+
+    failure_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
+    min_requests: Annotated[int, _count(1)] = 20
+    window: Duration = 10.0
+    open_for: Duration = 10.0
+    half_open_max: Annotated[int, _count(1)] = 1
+
+
 class Pool(BaseModel):
     """Keep-alive connections to each server of the group."""
 
@@ -400,6 +448,8 @@ class Upstream(BaseModel):
     health_check: HealthCheck | None = None
     timeouts: Timeouts = Timeouts()
     pool: Pool = Pool()
+    passive: Passive | None = None
+    circuit_breaker: CircuitBreaker | None = None
 
     @field_validator("hash_key")
     @classmethod

@@ -14,6 +14,7 @@ from fulcrum.balancing import hash_key_value, observe_latency, sticky_lookup, st
 from fulcrum.balancing.base import EMPTY_CONTEXT, PickContext
 from fulcrum.http.headers import forwarded_node, split_host
 from fulcrum.http.status import error_response
+from fulcrum.proxy.guards import FAILURE_OUTCOME, status_outcome
 from fulcrum.proxy.upstream import (
     CHUNKED,
     CONNECT_ERROR,
@@ -74,6 +75,7 @@ class Exchange:
         "method_head",
         "n_host",
         "out",
+        "outcome",
         "phase",
         "pool",
         "resp_mode",
@@ -131,6 +133,7 @@ class Exchange:
         self.body_len = 0
         self.resp_started = False
         self.out: list[bytes] = []
+        self.outcome: str | None = None  # for passive health and breakers: status class or failure kind
         self.resp_mode = 0
         self.chunk_out = False
         self.close_after = False
@@ -176,11 +179,27 @@ class Exchange:
                 return
             if sticky is not None:
                 self.set_cookie = sticky_set_cookie(sticky.cookie, sticky_token(server.id), sticky.ttl).encode()
+        guards = group.guards
+        if guards is not None and not guards.allow(server, ctx.now):
+            server = self._pick_past_breakers(group, server)
+            if server is None:
+                self.respond_error(503, f"every server of upstream '{group.name}' has its circuit breaker open")
+                return
         total = group.total_timeout
         if total:
             self.deadline = ctx.now + total
             ctx.timed.add(self)
         self.forward(group, server)
+
+    def _pick_past_breakers(self, group: Group, refused: Server) -> Server | None:
+        """Another server when the breaker of the one picked holds the request back."""
+        tried = {refused.id}
+        now = self.client.ctx.now
+        while True:
+            server = group.balancer.pick(PickContext(exclude=frozenset(tried)), group.eligible)
+            if server is None or group.guards.allow(server, now):
+                return server
+            tried.add(server.id)
 
     def forward(self, group: Group, server: Server) -> None:
         self.server = server
@@ -283,6 +302,8 @@ class Exchange:
         client = self.client
         ctx = client.ctx
         group = self.group
+        if group is not None and group.guards is not None:
+            self.outcome = status_outcome(status)
         if group is not None and group.track_latency and self.server is not None:
             now = ctx.loop.time()
             observe_latency(self.server, (now - self.sent_at) * 1000.0, now)
@@ -375,6 +396,7 @@ class Exchange:
         if conn is not None:
             self.upstream = None
             conn.abort()
+        self.outcome = FAILURE_OUTCOME.get(kind)
         server = self.server
         if server is not None:
             server.errors += 1
@@ -441,6 +463,9 @@ class Exchange:
         server = self.server
         if server is not None:
             server.active -= 1
+            group = self.group
+            if group is not None and group.guards is not None:
+                group.guards.finish(server, self.outcome, ctx.now)
         ctx.stats.requests_total += 1
         if self.status >= 500:
             ctx.stats.responses_5xx += 1

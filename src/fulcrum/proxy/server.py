@@ -11,6 +11,7 @@ from fulcrum.config import Config
 from fulcrum.health.active import HealthChecker
 from fulcrum.proxy.context import ProxyContext
 from fulcrum.proxy.downstream import IDLE, ClientConnection
+from fulcrum.proxy.guards import Guards
 from fulcrum.state.server import Down
 from fulcrum.state.snapshot import ServerRegistry, Snapshot, build_snapshot
 
@@ -35,6 +36,7 @@ class ProxyServer:
         self.registry = ServerRegistry()
         self.checkers: dict[str, HealthChecker] = {}
         snapshot = self._build(config)
+        self._attach_guards(snapshot, None)
         self.ctx = ProxyContext(self.loop, snapshot)
         self.ctx.timing = snapshot.access_log or any(g.track_latency for g in snapshot.groups.values())
         self.servers: list[asyncio.Server] = []
@@ -45,6 +47,13 @@ class ProxyServer:
     def _build(self, config: Config) -> Snapshot:
         # the health checker sets a new server's first state (DESIGN 4, "Health at start")
         return build_snapshot(config, self.registry, self.loop.time)
+
+    def _attach_guards(self, snapshot: Snapshot, previous: Snapshot | None) -> None:
+        """Passive checks and breakers per group, taking over the state of the previous snapshot's."""
+        for name, group in snapshot.groups.items():
+            old = previous.groups.get(name) if previous is not None else None
+            guards = Guards(group, old.guards if old is not None else None, self.loop.time)
+            group.guards = guards if guards.active else None
 
     @property
     def snapshot(self) -> Snapshot:
@@ -103,6 +112,7 @@ class ProxyServer:
     async def apply(self, config: Config) -> None:
         """Swap in a new config (listeners stay as they are); in-flight requests finish on the old snapshot."""
         snapshot = self._build(config)
+        self._attach_guards(snapshot, self.ctx.snapshot)
         self.config = config
         self.ctx.apply_snapshot(snapshot)
         self.ctx.timing = snapshot.access_log or any(g.track_latency for g in snapshot.groups.values())
@@ -112,6 +122,10 @@ class ProxyServer:
     def _on_tick(self) -> None:
         try:
             self.ctx.sweep()
+            now = self.ctx.now
+            for group in self.ctx.snapshot.groups.values():
+                if group.guards is not None:
+                    group.guards.tick(now)
         except Exception:  # the tick must survive anything a deadline handler does
             log.exception("error in the timer tick")
         self._timer = self.loop.call_later(self._tick, self._on_tick)

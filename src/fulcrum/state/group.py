@@ -26,6 +26,7 @@ class Group:
         "by_id",
         "clock",
         "eligible",
+        "guards",
         "hash_key",
         "name",
         "needs_key",
@@ -58,6 +59,7 @@ class Group:
         self.track_latency = self.policy in LATENCY_POLICIES
         self.clock = clock
         self.eligible: tuple[Server, ...] = ()
+        self.guards: Any = None  # the data plane's passive checks and breakers for this group, if any
         self.balancer: Balancer[Server] = make_balancer(self.policy, ())
         for server in self.servers:
             server.subscribe(self._on_server_change)
