@@ -360,7 +360,7 @@ def test_seed_style_errors_name_the_seed_keys() -> None:
         (with_upstream(timeouts={"read": "x"}), "upstreams.app.timeouts.read", "must be a duration"),
         (with_upstream(pool={"max_idle": -1}), "upstreams.app.pool.max_idle", "must be at least 0, got -1"),
         (with_upstream(pool={"max_conns": 1}), "upstreams.app.pool.max_conns", "unknown key"),
-        (with_upstream(retries={"max": 2}), "upstreams.app.retries", "unknown key"),
+        (with_upstream(retries={"when": ["sometimes"]}), "upstreams.app.retries.when", "must be connect_error"),
         ({**ONE, "routes": [{"upstream": "ap"}]}, "routes[0].upstream", "unknown upstream 'ap' (defined: app)"),
         ({**ONE, "routes": [{"match": {}}]}, "routes[0].upstream", "missing (required)"),
         ({**ONE, "routes": []}, "routes", "list at least one route"),

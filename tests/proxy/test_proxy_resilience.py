@@ -66,3 +66,61 @@ def test_circuit_breaker_opens_then_half_opens_and_closes(
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert statuses(proxy, 5) == [200] * 5
+
+
+def test_retry_on_connect_error_hides_a_dead_server(
+    make_proxy: Callable[..., RunningProxy], upstream: UpstreamServer
+) -> None:
+    dead = refusing_port()
+    proxy = make_proxy({"upstreams": {"app": {
+        "servers": [f"http://127.0.0.1:{dead.port}", upstream.url],
+        "retries": {"max": 1, "when": ["connect_error"]},
+    }}})
+    assert statuses(proxy, 10) == [200] * 10
+    # a POST that failed before any byte was sent is retried too, with its body
+    with httpx.Client(base_url=proxy.url, trust_env=False, timeout=10) as c:
+        for _ in range(2):
+            r = c.post("/echo", content=b"x" * 1000)
+            assert r.status_code == 200 and r.json()["body_len"] == 1000
+    assert proxy.call(lambda: proxy.server.ctx.stats.retries_total) >= 5  # type: ignore[union-attr]
+
+
+def test_retry_on_status_never_the_same_server_twice(
+    make_proxy: Callable[..., RunningProxy], upstreams: list[UpstreamServer]
+) -> None:
+    proxy = make_proxy({"upstreams": {"app": {
+        "servers": [u.url for u in upstreams],
+        "retries": {"max": 5, "when": ["503"], "budget": 1.0},
+    }}})
+    with httpx.Client(base_url=proxy.url, trust_env=False, timeout=10) as c:
+        r = c.get("/status/503")
+    assert r.status_code == 503  # every server said 503: the last answer goes to the client
+    served = [u.name for u in upstreams for q in u.requests if q.target == "/status/503"]
+    assert sorted(served) == ["u1", "u2", "u3"]  # each tried once: 3 tries, not 6
+
+
+def test_post_is_not_retried_after_it_was_sent(
+    make_proxy: Callable[..., RunningProxy], upstreams: list[UpstreamServer]
+) -> None:
+    proxy = make_proxy({"upstreams": {"app": {
+        "servers": [u.url for u in upstreams],
+        "retries": {"max": 2, "when": ["503", "reset"]},
+    }}})
+    with httpx.Client(base_url=proxy.url, trust_env=False, timeout=10) as c:
+        assert c.post("/status/503", content=b"abc").status_code == 503
+        assert c.post("/reset", content=b"abc").status_code == 502
+    assert sum(1 for u in upstreams for q in u.requests if q.method == "POST") == 2
+
+
+def test_body_too_big_to_replay_is_not_retried(
+    make_proxy: Callable[..., RunningProxy], upstreams: list[UpstreamServer]
+) -> None:
+    proxy = make_proxy({"upstreams": {"app": {
+        "servers": [u.url for u in upstreams],
+        "retries": {"max": 2, "when": ["503"], "max_body": "1k"},
+    }}})
+    with httpx.Client(base_url=proxy.url, trust_env=False, timeout=10) as c:
+        assert c.put("/status/503", content=b"x" * 5000).status_code == 503
+        assert c.put("/status/503", content=b"x" * 500).status_code == 503
+    puts = [q for u in upstreams for q in u.requests if q.method == "PUT"]
+    assert len(puts) == 1 + 3  # the big one once; the small one on every server

@@ -410,6 +410,53 @@ class CircuitBreaker(BaseModel):
     half_open_max: Annotated[int, _count(1)] = 1
 
 
+_RETRY_FAILURES = ("connect_error", "reset", "timeout")
+
+
+class Retries(BaseModel):
+    """Retries after the first try, on another server each time.
+
+    Only for failures listed in ``when`` (connect_error, reset, timeout, a status like ``"503"`` or a
+    class like ``"5xx"``), only idempotent methods unless nothing was sent, only bodies up to
+    ``max_body``, never once a response byte reached the client, and within ``budget``: retries
+    stay below that share of requests (plus ``budget_min_per_second``) over 10 seconds.
+    """
+
+    model_config = _MODEL
+
+    max: Annotated[int, _count(0, 10)] = 2
+    when: tuple[str, ...] = ("connect_error", "502", "503")
+    budget: Annotated[float, PlainValidator(lambda v: _percent_or_fraction(v))] = 0.2
+    budget_min_per_second: Annotated[float, Field(ge=0)] = 3.0
+    max_body: Annotated[int, _size(zero_ok=True)] = 64 * 1024
+
+    @field_validator("when")
+    @classmethod
+    def _check_when(cls, when: tuple[str, ...]) -> tuple[str, ...]:
+        for item in when:
+            item = item.strip()
+            if item in _RETRY_FAILURES:
+                continue
+            if len(item) == 3 and item[0] in "12345" and (item[1:] == "xx" or item[1:].isdigit()):
+                continue
+            raise ValueError(f"must be connect_error, reset, timeout, a status like 503 or a class like 5xx, "
+                             f"got {short_repr(item)}")
+        return tuple(item.strip() for item in when)
+
+
+def _percent_or_fraction(value: object) -> float:
+    """``20%`` or ``0.2``."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            number = float(value.strip()[:-1])
+        except ValueError:
+            number = -1.0
+        if 0 <= number <= 100:
+            return number / 100
+        raise ValueError(f"must be a percentage from 0% to 100% or a fraction from 0 to 1, got {short_repr(value)}")
+    return _fraction(value)
+
+
 class Pool(BaseModel):
     """Keep-alive connections to each server of the group."""
 
@@ -450,6 +497,7 @@ class Upstream(BaseModel):
     pool: Pool = Pool()
     passive: Passive | None = None
     circuit_breaker: CircuitBreaker | None = None
+    retries: Retries | None = None
 
     @field_validator("hash_key")
     @classmethod

@@ -27,13 +27,14 @@ class Timed(Protocol):
 class Stats:
     """Process-wide counters (the metrics endpoint reads these later)."""
 
-    __slots__ = ("connections_active", "connections_total", "requests_total", "responses_5xx")
+    __slots__ = ("connections_active", "connections_total", "requests_total", "responses_5xx", "retries_total")
 
     def __init__(self) -> None:
         self.connections_active = 0
         self.connections_total = 0
         self.requests_total = 0
         self.responses_5xx = 0
+        self.retries_total = 0
 
 
 class AccessLog:

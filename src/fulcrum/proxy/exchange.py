@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from fulcrum.balancing import hash_key_value, observe_latency, sticky_lookup, sticky_set_cookie, sticky_token
 from fulcrum.balancing.base import EMPTY_CONTEXT, PickContext
+from fulcrum.health.budget import retryable
 from fulcrum.http.headers import forwarded_node, split_host
 from fulcrum.http.status import error_response
 from fulcrum.proxy.guards import FAILURE_OUTCOME, status_outcome
@@ -51,6 +52,7 @@ class Exchange:
     """State of one request from its head to the end of its response."""
 
     __slots__ = (
+        "attempts",
         "body_buf",
         "body_buffered",
         "body_len",
@@ -78,6 +80,7 @@ class Exchange:
         "outcome",
         "phase",
         "pool",
+        "replay",
         "resp_mode",
         "resp_started",
         "rid",
@@ -144,6 +147,8 @@ class Exchange:
         self.deadline = 0.0
         self.finished = False
         self.tried: frozenset[str] = frozenset()
+        self.attempts = 1
+        self.replay: list[bytes] | None = None  # request body kept for a retry (None: no retry possible)
 
     # -- request side --------------------------------------------------------
 
@@ -180,11 +185,15 @@ class Exchange:
             if sticky is not None:
                 self.set_cookie = sticky_set_cookie(sticky.cookie, sticky_token(server.id), sticky.ttl).encode()
         guards = group.guards
-        if guards is not None and not guards.allow(server, ctx.now):
-            server = self._pick_past_breakers(group, server)
-            if server is None:
-                self.respond_error(503, f"every server of upstream '{group.name}' has its circuit breaker open")
-                return
+        if guards is not None:
+            if not guards.allow(server, ctx.now):
+                server = self._pick_past_breakers(group, server)
+                if server is None:
+                    self.respond_error(503, f"every server of upstream '{group.name}' has its circuit breaker open")
+                    return
+            if guards.budget is not None:
+                guards.budget.record_request(ctx.now)
+                self.replay = []  # the body is kept while it is small enough to send again
         total = group.total_timeout
         if total:
             self.deadline = ctx.now + total
@@ -193,7 +202,7 @@ class Exchange:
 
     def _pick_past_breakers(self, group: Group, refused: Server) -> Server | None:
         """Another server when the breaker of the one picked holds the request back."""
-        tried = {refused.id}
+        tried = set(self.tried) | {refused.id}
         now = self.client.ctx.now
         while True:
             server = group.balancer.pick(PickContext(exclude=frozenset(tried)), group.eligible)
@@ -264,6 +273,12 @@ class Exchange:
             framed: list[bytes] = [b"%x\r\n" % len(chunk), chunk, CRLF]
         else:
             framed = [chunk]
+        replay = self.replay
+        if replay is not None:
+            if self.body_len > self.group.guards.retries.max_body:  # type: ignore[union-attr]
+                self.replay = None  # too big to send again: this request is not retried
+            else:
+                replay += framed
         conn = self.upstream
         if conn is not None and conn.transport is not None:
             conn.transport.writelines(framed)
@@ -304,6 +319,8 @@ class Exchange:
         group = self.group
         if group is not None and group.guards is not None:
             self.outcome = status_outcome(status)
+            if self.replay is not None and self.retry(self.outcome, status, True):
+                return
         if group is not None and group.track_latency and self.server is not None:
             now = ctx.loop.time()
             observe_latency(self.server, (now - self.sent_at) * 1000.0, now)
@@ -392,6 +409,10 @@ class Exchange:
     def upstream_failed(self, kind: str) -> None:
         if self.finished:
             return
+        if self.replay is not None and not self.resp_started:
+            outcome = FAILURE_OUTCOME.get(kind, "reset")
+            if self.retry(outcome, 0, kind not in (CONNECT_ERROR, CONNECT_TIMEOUT)):
+                return
         conn = self.upstream
         if conn is not None:
             self.upstream = None
@@ -407,6 +428,49 @@ class Exchange:
             return
         status, detail = self._failure_text(kind)
         self.respond_error(status, detail)
+
+    def retry(self, outcome: str, status: int, sent_any_byte: bool) -> bool:
+        """Send the request again to another server, if the group's retry rules allow; False if not."""
+        group = self.group
+        server = self.server
+        assert group is not None and server is not None
+        guards = group.guards
+        spec = guards.retries
+        ctx = self.client.ctx
+        now = ctx.now
+        if (
+            self.attempts > spec.max
+            or not retryable(self.method, outcome, status, guards.when, sent_any_byte)
+            or self.replay is None
+        ):
+            return False
+        tried = self.tried | {server.id}
+        nxt = group.balancer.pick(PickContext(exclude=tried), group.eligible)
+        while nxt is not None and not guards.allow(nxt, now):
+            tried |= {nxt.id}
+            nxt = group.balancer.pick(PickContext(exclude=tried), group.eligible)
+        if nxt is None or not guards.budget.can_retry(now):
+            return False
+        # this try is over: its connection goes, its server hears how it went
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            conn.exchange = None
+            conn.abort()
+        server.active -= 1
+        server.errors += 1
+        guards.finish(server, outcome, now)
+        self.tried = tried
+        self.attempts += 1
+        self.outcome = None
+        self.resp_mode = 0
+        self.resp_started = False
+        self.status = 0
+        ctx.stats.retries_total += 1
+        self.body_buf = list(self.replay) if self.replay else None
+        self.body_buffered = 0
+        self.forward(group, nxt)
+        return True
 
     def _failure_text(self, kind: str) -> tuple[int, str]:
         server = self.server

@@ -1,4 +1,4 @@
-"""Passive outlier detection and circuit breakers of one upstream group, fed by the data plane."""
+"""What protects one upstream group, fed by the data plane: outlier ejection, breakers, retry budget."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fulcrum.health.breaker import CircuitBreakers
+from fulcrum.health.budget import RetryBudget
 from fulcrum.health.passive import OutlierDetector, status_outcome
 from fulcrum.proxy.upstream import CONNECT_ERROR, CONNECT_TIMEOUT, INVALID, READ_TIMEOUT, RESET, TOTAL_TIMEOUT
 
@@ -31,7 +32,7 @@ class Guards:
     Built for each snapshot; state is taken over from the group's previous guards by server id.
     """
 
-    __slots__ = ("breakers", "outliers")
+    __slots__ = ("breakers", "budget", "outliers", "retries", "when")
 
     def __init__(self, group: Group, previous: Guards | None, clock: Callable[[], float]) -> None:
         spec = group.spec
@@ -50,9 +51,13 @@ class Guards:
             else None
         )
 
+        self.retries = spec.retries
+        self.when: frozenset[str] = frozenset(spec.retries.when) if spec.retries is not None else frozenset()
+        self.budget = RetryBudget.from_spec(spec.retries, clock=clock) if spec.retries is not None else None
+
     @property
     def active(self) -> bool:
-        return self.outliers is not None or self.breakers is not None
+        return self.outliers is not None or self.breakers is not None or self.retries is not None
 
     def allow(self, server: Server, now: float) -> bool:
         """Whether the breaker lets a request go to ``server`` (a half-open one lets a few probes)."""

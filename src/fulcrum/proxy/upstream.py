@@ -172,6 +172,8 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
+            if self.exchange is not exchange:  # let go mid-parse for a retry elsewhere
+                return
             # After a complete response, an error only means stray bytes followed it:
             # the response stands, the connection is not reused.
             if not self.done:
@@ -179,6 +181,8 @@ class UpstreamConnection(asyncio.Protocol):
                 return
             self.reusable = False
             self._parser_dirty = True
+        if self.exchange is not exchange:  # the exchange let this connection go (a retry elsewhere)
+            return
         if self._in_head:  # the head goes on in the next read
             prefix = self._head_prefix
             self._head_prefix = prefix + data if prefix else data[self._cursor :]
@@ -238,6 +242,8 @@ class UpstreamConnection(asyncio.Protocol):
         if mode == UNTIL_CLOSE or close or not parser.should_keep_alive():
             self.reusable = False
         exchange.response_head(status, head, mode)
+        if self.exchange is not exchange:  # the exchange retries elsewhere: stop parsing this response
+            raise _StrayBytes
         if mode == NO_BODY and exchange.method_head:
             # llhttp cannot skip the body of a response to HEAD: it is complete here, and
             # this connection gets a fresh parser before its next use.
