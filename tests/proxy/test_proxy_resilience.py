@@ -124,3 +124,34 @@ def test_body_too_big_to_replay_is_not_retried(
         assert c.put("/status/503", content=b"x" * 500).status_code == 503
     puts = [q for u in upstreams for q in u.requests if q.method == "PUT"]
     assert len(puts) == 1 + 3  # the big one once; the small one on every server
+
+
+def errors_while_killing_a_server(make_proxy: Callable[..., RunningProxy], retries: dict[str, object] | None) -> int:
+    a = UpstreamServer(name="a").start()
+    b = UpstreamServer(name="b").start()
+    try:
+        group: dict[str, object] = {"servers": [a.url, b.url], "passive": {"max_failures": 3}}
+        if retries is not None:
+            group["retries"] = retries
+        proxy = make_proxy({"upstreams": {"app": group}})
+        errors = 0
+        with httpx.Client(base_url=proxy.url, trust_env=False, timeout=10) as c:
+            for i in range(400):  # steady sequential load; b dies a quarter of the way in
+                if i == 100:
+                    b.stop()
+                errors += c.get("/").status_code != 200
+        return errors
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_killing_a_server_under_load_costs_no_errors_with_retries(
+    make_proxy: Callable[..., RunningProxy],
+) -> None:
+    without = errors_while_killing_a_server(make_proxy, None)
+    with_retries = errors_while_killing_a_server(make_proxy, {"max": 1, "when": ["connect_error"]})
+    print(f"client errors after killing 1 of 2 servers, 300 requests, passive ejection after 3 failures: "
+          f"{without} without retries, {with_retries} with retries on connect_error")
+    assert without == 3  # the failures it took to eject the dead server
+    assert with_retries == 0  # each of those was retried on the live one
