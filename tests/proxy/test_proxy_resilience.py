@@ -155,3 +155,36 @@ def test_killing_a_server_under_load_costs_no_errors_with_retries(
           f"{without} without retries, {with_retries} with retries on connect_error")
     assert without == 3  # the failures it took to eject the dead server
     assert with_retries == 0  # each of those was retried on the live one
+
+
+def test_draining_server_finishes_in_flight_requests_and_takes_no_new_ones(
+    make_proxy: Callable[..., RunningProxy], upstreams: list[UpstreamServer]
+) -> None:
+    import threading
+
+    from fulcrum.state.server import Down
+
+    a, b, _ = upstreams
+    proxy = make_proxy({"upstreams": {"app": {"servers": [a.url, b.url]}}})
+    assert proxy.server is not None
+    group = proxy.server.snapshot.groups["app"]
+    result: dict[str, int] = {}
+
+    def slow() -> None:
+        with httpx.Client(base_url=proxy.url, trust_env=False, timeout=10) as c:
+            result["status"] = c.get("/slow-head/600", headers={"X-Which": "slow"}).status_code
+
+    # send the slow request to a, by draining b meanwhile
+    proxy.call(lambda: group.by_id[b.id].set_down(Down.DRAINING, True))
+    t = threading.Thread(target=slow)
+    t.start()
+    a.wait_for_requests(1, timeout=5)
+    proxy.call(lambda: group.by_id[b.id].set_down(Down.DRAINING, False))
+    proxy.call(lambda: group.by_id[a.id].set_down(Down.DRAINING, True))  # a drains with a request in flight
+    assert proxy.call(lambda: group.by_id[a.id].active) == 1
+    with httpx.Client(base_url=proxy.url, trust_env=False, timeout=10) as c:
+        names = {c.get("/").headers["x-upstream-name"] for _ in range(4)}
+    assert names == {"u2"}  # nothing new goes to the draining server
+    t.join(10)
+    assert result["status"] == 200  # and what it had in flight finished
+    assert proxy.call(lambda: group.by_id[a.id].active) == 0
