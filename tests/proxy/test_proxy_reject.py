@@ -131,3 +131,17 @@ def test_bad_request_pipelined_after_good_one_answers_the_good_one_first(
     second = out.find(b"HTTP/1.1 400 ")
     assert 0 == first < second, out
     assert len(upstream.requests) == 1
+
+
+def test_stalled_request_body_gets_408_and_upstream_is_let_go(proxy: RunningProxy, upstream: UpstreamServer) -> None:
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=6) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\n" + H + b"Content-Length: 100\r\n\r\n" + b"x" * 10)
+        t0 = time.monotonic()
+        resp = read_response(sock)
+        assert resp.status == 408
+        assert 0.5 < time.monotonic() - t0 < 4  # header_timeout is 1s in this fixture
+        assert sock.recv(10) == b""
+    deadline = time.monotonic() + 5
+    while upstream.open_connections:  # the half-sent request's upstream connection was dropped, not pooled
+        assert time.monotonic() < deadline
+        time.sleep(0.01)

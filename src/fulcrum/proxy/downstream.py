@@ -154,6 +154,8 @@ class ClientConnection(asyncio.Protocol):
             self._send_and_close(408, "the request head did not arrive in time")
         elif self.state == IDLE:
             self.close()
+        elif self.state == BUSY and self.current is not None and self.current.phase == BODY:
+            self.reject(408, "the request body stopped arriving", self.current)
 
     # -- parsing --------------------------------------------------------------------
 
@@ -286,7 +288,8 @@ class ClientConnection(asyncio.Protocol):
         if self.current is None:
             self.current = ex
             self.state = BUSY
-            self.deadline = 0.0
+            # a request body must keep coming: header_timeout is the longest pause allowed between its reads
+            self.deadline = self.ctx.now + ex.snap.header_timeout if ex.cl > 0 or ex.chunked_in else 0.0
             ex.start()
         else:
             if self.pending is None:
@@ -297,6 +300,8 @@ class ClientConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         ex = self.building
         assert ex is not None
+        if self.deadline:
+            self.deadline = self.ctx.now + ex.snap.header_timeout
         ex.request_body(body)
 
     def on_message_complete(self) -> None:
@@ -304,6 +309,8 @@ class ClientConnection(asyncio.Protocol):
         assert ex is not None
         if ex.phase != DONE:
             ex.request_done()
+            if ex is self.current:
+                self.deadline = 0.0
 
     # -- responses ----------------------------------------------------------------------
 
