@@ -188,3 +188,28 @@ def test_draining_server_finishes_in_flight_requests_and_takes_no_new_ones(
     t.join(10)
     assert result["status"] == 200  # and what it had in flight finished
     assert proxy.call(lambda: group.by_id[a.id].active) == 0
+
+
+def test_hanging_and_garbage_servers_are_answered_and_ejected(
+    make_proxy: Callable[..., RunningProxy], upstreams: list[UpstreamServer]
+) -> None:
+    a, b, _ = upstreams
+    for path, status in (("/hang", 504), ("/garbage", 502)):
+        proxy = make_proxy({"upstreams": {"app": {
+            "servers": [a.url, b.url],
+            "timeouts": {"read": "300ms"},
+            "passive": {"max_failures": 1, "eject_for": "30s"},
+        }}})
+        assert proxy.server is not None
+        group = proxy.server.snapshot.groups["app"]
+        t0 = time.monotonic()
+        with httpx.Client(base_url=proxy.url, trust_env=False, timeout=10) as c:
+            r = c.get(path)
+        assert r.status_code == status
+        assert time.monotonic() - t0 < 2
+        down = [s.id for s in proxy.call(lambda g=group: [s for s in g.servers if not s.eligible])]
+        assert len(down) == 1, path  # the server that failed is out of rotation
+        with httpx.Client(base_url=proxy.url, trust_env=False, timeout=10) as c:
+            names = {c.get("/").headers["x-upstream-name"] for _ in range(4)}
+        expected = {"u1", "u2"} - {"u1" if down[0] == a.id else "u2"}
+        assert names == expected, path
