@@ -213,3 +213,62 @@ def test_hanging_and_garbage_servers_are_answered_and_ejected(
             names = {c.get("/").headers["x-upstream-name"] for _ in range(4)}
         expected = {"u1", "u2"} - {"u1" if down[0] == a.id else "u2"}
         assert names == expected, path
+
+
+def _concurrent_gets(
+    proxy: RunningProxy, paths: list[str], started: list[Callable[[], bool]]
+) -> list[tuple[int, str, float]]:
+    """GET each path on its own thread; before the next one starts, ``started[i]()`` must hold."""
+    import threading
+
+    results: list[tuple[int, str, float]] = [(0, "", 0.0)] * len(paths)
+    t0 = time.monotonic()
+
+    def one(i: int, path: str) -> None:
+        with httpx.Client(base_url=proxy.url, trust_env=False, timeout=10) as c:
+            r = c.get(path)
+            results[i] = (r.status_code, r.text, time.monotonic() - t0)
+
+    threads = []
+    for i, path in enumerate(paths):
+        t = threading.Thread(target=one, args=(i, path))
+        t.start()
+        threads.append(t)
+        if i < len(started):
+            wait_until(started[i])  # so that they arrive in a known order
+    for t in threads:
+        t.join(15)
+    return results
+
+
+def test_max_connections_queues_then_refuses(make_proxy: Callable[..., RunningProxy], upstream: UpstreamServer) -> None:
+    proxy = make_proxy({"upstreams": {"app": {
+        "servers": [upstream.url],
+        "pool": {"max_connections": 1},
+        "queue": {"size": 1, "timeout": "5s"},
+    }}})
+    def waiting() -> int:
+        assert proxy.server is not None
+        return sum(len(p.waiters) for p in proxy.server.ctx.pools.values())
+
+    (s1, _, t1), (s2, _, t2), (s3, text3, t3) = _concurrent_gets(
+        proxy, ["/slow-head/600"] * 3, [lambda: len(upstream.requests) == 1, lambda: proxy.call(waiting) == 1]
+    )
+    assert (s1, s2) == (200, 200)
+    assert t2 > t1  # the second waited for the first
+    assert s3 == 503 and "queue full" in text3
+    assert t3 < t1  # refused at once, not after waiting
+
+
+def test_queue_timeout_is_503(make_proxy: Callable[..., RunningProxy], upstream: UpstreamServer) -> None:
+    proxy = make_proxy({"upstreams": {"app": {
+        "servers": [upstream.url],
+        "pool": {"max_connections": 1},
+        "queue": {"size": 5, "timeout": "300ms"},
+    }}})
+    (s1, _, _), (s2, text2, t2) = _concurrent_gets(
+        proxy, ["/slow-head/1500", "/"], [lambda: len(upstream.requests) == 1]
+    )
+    assert s1 == 200
+    assert s2 == 503 and "waited 0.3s" in text2
+    assert t2 < 1.4

@@ -457,6 +457,15 @@ def _percent_or_fraction(value: object) -> float:
     return _fraction(value)
 
 
+class Queue(BaseModel):
+    """Requests waiting for a server at ``pool.max_connections``: at most ``size``, each for up to ``timeout``."""
+
+    model_config = _MODEL
+
+    size: Annotated[int, _count(0)] = 0
+    timeout: Duration = 10.0
+
+
 class Pool(BaseModel):
     """Keep-alive connections to each server of the group."""
 
@@ -498,6 +507,7 @@ class Upstream(BaseModel):
     passive: Passive | None = None
     circuit_breaker: CircuitBreaker | None = None
     retries: Retries | None = None
+    queue: Queue = Queue()
 
     @field_validator("hash_key")
     @classmethod

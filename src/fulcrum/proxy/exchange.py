@@ -80,6 +80,7 @@ class Exchange:
         "outcome",
         "phase",
         "pool",
+        "queued",
         "replay",
         "resp_mode",
         "resp_started",
@@ -90,6 +91,7 @@ class Exchange:
         "snap",
         "status",
         "t0",
+        "t_total",
         "target",
         "te",
         "tried",
@@ -145,6 +147,8 @@ class Exchange:
         self.t0 = 0.0
         self.sent_at = 0.0
         self.deadline = 0.0
+        self.t_total = 0.0
+        self.queued = False
         self.finished = False
         self.tried: frozenset[str] = frozenset()
         self.attempts = 1
@@ -196,7 +200,7 @@ class Exchange:
                 self.replay = []  # the body is kept while it is small enough to send again
         total = group.total_timeout
         if total:
-            self.deadline = ctx.now + total
+            self.deadline = self.t_total = ctx.now + total
             ctx.timed.add(self)
         self.forward(group, server)
 
@@ -211,11 +215,15 @@ class Exchange:
             tried.add(server.id)
 
     def forward(self, group: Group, server: Server) -> None:
+        ctx = self.client.ctx
+        pool = self.pool = ctx.pools.get(server) or ctx.new_pool(group, server)
+        limit = pool.max_connections
+        if limit and server.active >= limit:
+            self._wait_for(pool, server, limit)
+            return
         self.server = server
         server.active += 1
         server.requests += 1
-        ctx = self.client.ctx
-        pool = self.pool = ctx.pools.get(server) or ctx.new_pool(group, server)
         self.head = self._upstream_head(server)
         conn = pool.acquire()
         if conn is not None:
@@ -224,6 +232,38 @@ class Exchange:
         task = ctx.loop.create_task(self._connect(pool))
         ctx.connect_tasks.add(task)
         task.add_done_callback(ctx.connect_tasks.discard)
+
+    def _wait_for(self, pool: Pool, server: Server, limit: int) -> None:
+        """The server is at max_connections: wait in its queue, or 503 when the queue is full."""
+        waiters = pool.waiters
+        while waiters and waiters[0].finished:
+            waiters.popleft()
+        if len(waiters) >= pool.queue_size:
+            self.respond_error(503, f"upstream server {server.id} has {limit} requests in flight (max_connections) "
+                                    f"and {len(waiters)} waiting (queue full)")
+            return
+        waiters.append(self)
+        self.queued = True
+        ctx = self.client.ctx
+        until = ctx.now + pool.queue_timeout
+        if not self.deadline or until < self.deadline:
+            self.deadline = until
+        ctx.timed.add(self)
+
+    def leave_queue(self) -> None:
+        """Called by the pool when a place came free: go on to the server waited for."""
+        self.queued = False
+        pool = self.pool
+        group = self.group
+        assert pool is not None and group is not None
+        total = group.total_timeout
+        ctx = self.client.ctx
+        if total:
+            self.deadline = self.t_total
+        else:
+            self.deadline = 0.0
+            ctx.timed.discard(self)
+        self.forward(group, pool.server)
 
     async def _connect(self, pool: Pool) -> None:
         try:
@@ -460,6 +500,9 @@ class Exchange:
         server.active -= 1
         server.errors += 1
         guards.finish(server, outcome, now)
+        old_pool = self.pool
+        if old_pool is not None and old_pool.waiters:
+            old_pool.wake()
         self.tried = tried
         self.attempts += 1
         self.outcome = None
@@ -494,8 +537,17 @@ class Exchange:
         return 502, f"upstream server {sid} closed the connection before responding"
 
     def on_timeout(self, now: float) -> None:
-        """The total timeout passed."""
+        """The total timeout passed, or the wait in a server's queue did."""
         self.deadline = 0.0
+        if self.queued:
+            self.queued = False
+            pool = self.pool
+            if pool is not None and self in pool.waiters:
+                pool.waiters.remove(self)
+            secs = pool.queue_timeout if pool is not None else 0
+            sid = pool.server.id if pool is not None else "?"
+            self.respond_error(503, f"waited {secs:g}s for upstream server {sid} (max_connections reached)")
+            return
         self.upstream_failed(TOTAL_TIMEOUT)
 
     def abandon_upstream(self) -> None:
@@ -530,6 +582,9 @@ class Exchange:
             group = self.group
             if group is not None and group.guards is not None:
                 group.guards.finish(server, self.outcome, ctx.now)
+            pool = self.pool
+            if pool is not None and pool.waiters:
+                pool.wake()
         ctx.stats.requests_total += 1
         if self.status >= 500:
             ctx.stats.responses_5xx += 1

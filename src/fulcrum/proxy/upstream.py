@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+from collections import deque
 from typing import TYPE_CHECKING
 
 import httptools
@@ -344,11 +345,15 @@ class Pool:
         "ctx",
         "idle",
         "idle_timeout",
+        "max_connections",
         "max_header_bytes",
         "max_idle",
         "opened",
+        "queue_size",
+        "queue_timeout",
         "read_timeout",
         "server",
+        "waiters",
     )
 
     def __init__(self, ctx: ProxyContext, server: Server) -> None:
@@ -361,6 +366,10 @@ class Pool:
         self.connect_timeout = 2.0
         self.read_timeout = 30.0
         self.max_header_bytes = 32 * 1024
+        self.max_connections = 0  # requests in flight to this server at once; 0 = no limit
+        self.queue_size = 0
+        self.queue_timeout = 10.0
+        self.waiters: deque[Exchange] = deque()  # requests waiting for a place under max_connections
 
     def configure(self, spec: object, max_header_bytes: int) -> None:
         """Apply a group's pool and timeout settings (on every new snapshot)."""
@@ -371,6 +380,10 @@ class Pool:
         self.connect_timeout = timeouts.connect
         self.read_timeout = timeouts.read
         self.max_header_bytes = max_header_bytes
+        self.max_connections = pool.max_connections
+        queue = spec.queue  # type: ignore[attr-defined]
+        self.queue_size = queue.size
+        self.queue_timeout = queue.timeout
         while len(self.idle) > self.max_idle:
             self.idle.pop(0).close()
 
@@ -409,6 +422,15 @@ class Pool:
         )
         self.opened += 1
         return conn
+
+    def wake(self) -> None:
+        """A place under max_connections came free: the first live waiter takes it."""
+        waiters = self.waiters
+        while waiters:
+            exchange = waiters.popleft()
+            if not exchange.finished:
+                exchange.leave_queue()
+                return
 
     def close(self) -> None:
         idle, self.idle = self.idle, []
