@@ -272,3 +272,27 @@ def test_queue_timeout_is_503(make_proxy: Callable[..., RunningProxy], upstream:
     assert s1 == 200
     assert s2 == 503 and "waited 0.3s" in text2
     assert t2 < 1.4
+
+
+def test_reload_keeps_health_state_and_new_servers_wait_for_their_first_check(
+    make_proxy: Callable[..., RunningProxy], upstreams: list[UpstreamServer]
+) -> None:
+    from fulcrum.config import parse_config
+
+    a, b, c = upstreams
+    check = {"path": "/health", "interval": "50ms", "timeout": "40ms", "rise": 1, "fall": 1}
+    proxy = make_proxy({"upstreams": {"app": {"servers": [a.url, b.url], "health_check": check}}})
+    assert proxy.server is not None
+    server = proxy.server
+    b.healthy = False
+    wait_until(lambda: proxy.call(lambda: not server.snapshot.groups["app"].by_id[b.id].healthy))
+    c.healthy = False
+    new = parse_config({"listen": ["127.0.0.1:0"], "upstreams": {"app": {
+        "servers": [a.url, b.url, c.url], "health_check": {**check, "interval": "60ms"}}}})
+    proxy.run(server.apply(new))
+    group = server.snapshot.groups["app"]
+    # b is still known to be down right after the reload, and c waits for a first passing check
+    assert proxy.call(lambda: [s.id for s in group.servers if s.eligible]) == [a.id]
+    assert {httpx.get(proxy.url, trust_env=False).headers["x-upstream-name"] for _ in range(4)} == {"u1"}
+    c.healthy = True
+    wait_until(lambda: proxy.call(lambda: group.by_id[c.id].eligible))

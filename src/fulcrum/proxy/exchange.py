@@ -64,6 +64,7 @@ class Exchange:
         "conn_tokens",
         "cookie",
         "deadline",
+        "error",
         "expect",
         "finished",
         "fwd",
@@ -138,6 +139,7 @@ class Exchange:
         self.body_len = 0
         self.resp_started = False
         self.out: list[bytes] = []
+        self.error = ""  # why the upstream failed (connect_error, timeout, ...), for the access log
         self.outcome: str | None = None  # for passive health and breakers: status class or failure kind
         self.resp_mode = 0
         self.chunk_out = False
@@ -458,6 +460,7 @@ class Exchange:
             self.upstream = None
             conn.abort()
         self.outcome = FAILURE_OUTCOME.get(kind)
+        self.error = kind
         server = self.server
         if server is not None:
             server.errors += 1
@@ -599,6 +602,8 @@ class Exchange:
         ctx.access_log.write(
             f'{self.client.client_ip} "{self.method.decode("latin-1")} {self.target.decode("latin-1")}" '
             f"{self.status} upstream={server} duration_ms={dur_ms:.2f} request_id={self.rid.decode('latin-1')}"
+            + (f" error={self.error}" if self.error else "")
+            + (f" attempts={self.attempts}" if self.attempts > 1 else "")
         )
 
     # -- helpers -------------------------------------------------------------------
