@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fulcrum.balancing import make_balancer, needs_hash_key
-from fulcrum.balancing.base import Balancer, PickContext
+from fulcrum.balancing.base import Balancer
 from fulcrum.state.server import Server
 
 LATENCY_POLICIES = frozenset(("p2c", "least_time"))
@@ -71,9 +71,6 @@ class Group:
             self.policy, eligible, hash_key=self.hash_key, clock=self.clock, slow_start=self.slow_start
         )
         self.eligible = eligible
-
-    def pick(self, ctx: PickContext) -> Server | None:
-        return self.balancer.pick(ctx, self.eligible)
 
     def _on_server_change(self, server: Server) -> None:
         if server.eligible:
