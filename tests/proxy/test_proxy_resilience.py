@@ -59,7 +59,7 @@ def test_circuit_breaker_opens_then_half_opens_and_closes(
     with httpx.Client(base_url=proxy.url, trust_env=False, timeout=10) as c:
         r = c.get("/")
     assert r.status_code == 503 and "no healthy server" in r.text  # open: answered by Fulcrum at once
-    assert time.monotonic() - t0 < 0.4
+    assert time.monotonic() - t0 < 1.0
     assert len(upstream.requests) == before
     deadline = time.monotonic() + 5
     while statuses(proxy, 1) != [200]:  # half-open after open_for: a probe goes through and closes it
