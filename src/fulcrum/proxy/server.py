@@ -39,7 +39,8 @@ class ProxyServer:
         self._attach_guards(snapshot, None)
         self.ctx = ProxyContext(self.loop, snapshot)
         self.ctx.timing = snapshot.access_log or any(g.track_latency for g in snapshot.groups.values())
-        self.servers: list[asyncio.Server] = []
+        self.listeners: list[socket.socket] = []
+        self._accepting: set[asyncio.Task[tuple[asyncio.Transport, ClientConnection]]] = set()
         self._tick = _tick_for(config)
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
@@ -62,27 +63,48 @@ class ProxyServer:
     @property
     def ports(self) -> list[int]:
         """The ports actually bound (useful with port 0)."""
-        out = []
-        for srv in self.servers:
-            for sock in srv.sockets:
-                out.append(sock.getsockname()[1])
-        return out
+        return [sock.getsockname()[1] for sock in self.listeners]
 
     async def start(self) -> None:
         """Check health once, then bind the listeners and start serving."""
         await self._start_checkers(self.config)
         for listen in self.config.listen:
-            srv = await self.loop.create_server(
-                lambda: ClientConnection(self.ctx),
-                host=listen.host or None,
-                port=listen.port,
-                backlog=4096,
-                reuse_address=True,
-                family=socket.AF_INET6 if ":" in (listen.host or "") else socket.AF_UNSPEC,
-            )
-            self.servers.append(srv)
+            self.listeners.append(self._listen(listen.host, listen.port))
         self._timer = self.loop.call_later(self._tick, self._on_tick)
         log.info("listening on %s", ", ".join(f"{lst.host or '0.0.0.0'}:{lst.port}" for lst in self.config.listen))
+
+    def _listen(self, host: str, port: int) -> socket.socket:
+        """Bind and listen; connections are accepted by ``_accept``, as many as are waiting each time."""
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, type_, proto, _, address = infos[0]
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(4096)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self.loop.add_reader(sock.fileno(), self._accept, sock)
+        return sock
+
+    def _accept(self, sock: socket.socket) -> None:
+        # Drain the accept queue at once: accepting one connection per loop turn lets a burst of new
+        # clients wait behind a busy loop for up to a second (seen at 400 connections on a cold pool).
+        loop = self.loop
+        for _ in range(1024):
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:  # out of file descriptors, say: try again on the next turn
+                log.warning("accept failed: %s", err)
+                return
+            conn.setblocking(False)
+            task = loop.create_task(loop.connect_accepted_socket(lambda: ClientConnection(self.ctx), conn))
+            self._accepting.add(task)
+            task.add_done_callback(self._accepting.discard)
 
     async def _start_checkers(self, config: Config) -> None:
         """One checker per group with health checks; a rebuilt checker takes over its predecessor's state."""
@@ -136,8 +158,11 @@ class ProxyServer:
             grace = self.config.shutdown_grace
         ctx = self.ctx
         ctx.draining = True
-        for srv in self.servers:
-            srv.close()
+        for sock in self.listeners:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+        for task in list(self._accepting):
+            task.cancel()
         for client in list(ctx.clients):
             if isinstance(client, ClientConnection) and client.state == IDLE:
                 client.close()
@@ -156,8 +181,6 @@ class ProxyServer:
         if self._timer is not None:
             self._timer.cancel()
         ctx.access_log.flush()
-        for srv in self.servers:
-            await srv.wait_closed()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
