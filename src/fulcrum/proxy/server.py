@@ -161,8 +161,8 @@ class ProxyServer:
         for sock in self.listeners:
             self.loop.remove_reader(sock.fileno())
             sock.close()
-        for task in list(self._accepting):
-            task.cancel()
+        for accepting in list(self._accepting):
+            accepting.cancel()
         for client in list(ctx.clients):
             if isinstance(client, ClientConnection) and client.state == IDLE:
                 client.close()
