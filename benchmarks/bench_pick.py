@@ -15,21 +15,12 @@ import random
 import time
 from collections.abc import Sequence
 
-from fulcrum.balancing import POLICIES, make_balancer
+from fulcrum.balancing import POLICIES, POLICY_NAMES, make_balancer
 from fulcrum.balancing.base import PickContext
 from fulcrum.balancing.hashing import hash_key_value
 from fulcrum.state.server import Server
 
-ORDER = (
-    "round_robin",
-    "weighted_round_robin",
-    "least_conn",
-    "random",
-    "p2c",
-    "least_time",
-    "ip_hash",
-    "consistent_hash",
-)
+ORDER = POLICY_NAMES
 CONTEXTS = 1024
 
 

@@ -103,3 +103,13 @@ def test_round_robin_ignores_weight_but_weighted_round_robin_does_not() -> None:
     servers = members([3, 1])
     assert count_picks(make_balancer("round_robin", servers), servers, 40) == {"s0": 20, "s1": 20}
     assert count_picks(make_balancer("weighted_round_robin", servers), servers, 40) == {"s0": 30, "s1": 10}
+
+
+def test_config_accepts_exactly_the_balancing_policies() -> None:
+    # fulcrum.config may not import fulcrum.balancing (DESIGN 2), so the names are written twice: keep them equal
+    from typing import get_args
+
+    from fulcrum.balancing import POLICIES
+    from fulcrum.config.schema import Balance
+
+    assert set(get_args(Balance)) == POLICIES

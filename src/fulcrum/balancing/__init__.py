@@ -29,6 +29,7 @@ __all__ = [
     "EMPTY_CONTEXT",
     "HASH_POLICIES",
     "POLICIES",
+    "POLICY_NAMES",
     "Balancer",
     "HashRing",
     "IpHash",
@@ -50,18 +51,18 @@ __all__ = [
     "sticky_token",
 ]
 
-POLICIES: frozenset[str] = frozenset(
-    (
-        "round_robin",
-        "weighted_round_robin",
-        "least_conn",
-        "random",
-        "p2c",
-        "least_time",
-        "ip_hash",
-        "consistent_hash",
-    )
+#: Every policy name, in the order they are documented and benchmarked.
+POLICY_NAMES: tuple[str, ...] = (
+    "round_robin",
+    "weighted_round_robin",
+    "least_conn",
+    "random",
+    "p2c",
+    "least_time",
+    "ip_hash",
+    "consistent_hash",
 )
+POLICIES: frozenset[str] = frozenset(POLICY_NAMES)
 
 #: Full re-picks a slow-start gate tries after refusing a warming server, before excluding it.
 GATE_REDRAWS = 8
