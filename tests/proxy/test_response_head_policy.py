@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from fulcrum.proxy.upstream import CHUNKED, LENGTH, UNTIL_CLOSE, response_head_policy
 
 
@@ -37,3 +40,40 @@ def test_http10_status_line_becomes_11_and_no_length_means_until_close() -> None
 def test_header_names_that_only_start_like_hop_by_hop_are_kept() -> None:
     head = b"HTTP/1.1 200 OK\r\nConnection-Id: 7\r\nTEx: 1\r\nUpgraded: no\r\nContent-Length: 1"
     assert response_head_policy(head)[0] == head
+
+
+HOP = ("Connection", "Keep-Alive", "Transfer-Encoding", "Proxy-Connection", "TE", "Trailer", "Upgrade")
+OTHER = ("Content-Length", "Content-Type", "X-A", "Server", "Connection-Id", "TEx", "Trailers", "Upgraded", "Date")
+
+
+def _reference(head: bytes) -> tuple[bytes, int, bool]:
+    """The same rules, written the slow and obvious way: one header line at a time."""
+    status, *lines = head.split(b"\r\n")
+    parsed = [(ln.split(b":", 1)[0].lower(), ln.split(b":", 1)[1].strip().lower(), ln) for ln in lines]
+    named: set[bytes] = set()
+    close = False
+    for name, value, _ in parsed:
+        if name == b"connection":
+            tokens = {t.strip() for t in value.split(b",") if t.strip()}
+            close = close or b"close" in tokens
+            named |= tokens - {b"close", b"keep-alive"}
+    hop = {n.lower().encode() for n in HOP}
+    framing = CHUNKED if any(n == b"transfer-encoding" for n, _, _ in parsed) else (
+        LENGTH if any(n == b"content-length" for n, _, _ in parsed) else UNTIL_CLOSE)
+    kept = [ln for name, _, ln in parsed if name not in hop and name not in named]
+    return b"\r\n".join([b"HTTP/1.1" + status[8:], *kept]), framing, close
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(HOP + OTHER).map(lambda n: n.upper() if len(n) % 2 else n.lower()),
+            st.sampled_from(["keep-alive", "close", "x-a", "Close, X-A", "1", "chunked", " v "]),
+        ),
+        max_size=8,
+    ),
+    st.sampled_from([b"HTTP/1.1 200 OK", b"HTTP/1.0 404 Not Found"]),
+)
+def test_matches_a_line_by_line_reference(headers: list[tuple[str, str]], status: bytes) -> None:
+    head = b"\r\n".join([status, *(f"{n}: {v}".encode() for n, v in headers)])
+    assert response_head_policy(head) == _reference(head)

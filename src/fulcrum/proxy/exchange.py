@@ -356,36 +356,40 @@ class Exchange:
         self.status = status
         self.resp_mode = mode
         self.resp_started = True
-        client = self.client
-        ctx = client.ctx
         group = self.group
-        if group is not None and group.guards is not None:
-            self.outcome = status_outcome(status)
-            if self.replay is not None and self.retry(self.outcome, status, True):
-                return
-        if group is not None and group.track_latency and self.server is not None:
-            now = ctx.loop.time()
-            observe_latency(self.server, (now - self.sent_at) * 1000.0, now)
-        parts = [head, b"\r\nX-Request-ID: ", self.rid]
-        if self.snap.expose_upstream and self.server is not None:
-            parts += (b"\r\nX-Upstream-Server: ", self.server.id.encode())
-        if self.set_cookie is not None:
-            parts += (b"\r\nSet-Cookie: ", self.set_cookie)
-        close = not self.keep_alive or ctx.draining
-        if mode in (CHUNKED, UNTIL_CLOSE):
+        if group is not None and (group.guards is not None or group.track_latency):
+            if self._response_hooks(group, status):
+                return  # retried on another server
+        close = not self.keep_alive or self.client.ctx.draining
+        if mode >= CHUNKED:  # CHUNKED or UNTIL_CLOSE: sent on chunked to HTTP/1.1 clients
             if self.version11:
-                parts.append(b"\r\nTransfer-Encoding: chunked")
                 self.chunk_out = True
+                head += b"\r\nTransfer-Encoding: chunked"
             else:
                 close = True
+        snap = self.snap
+        if snap.expose_upstream and self.server is not None:
+            head += b"\r\nX-Upstream-Server: " + self.server.id.encode()
+        if self.set_cookie is not None:
+            head += b"\r\nSet-Cookie: " + self.set_cookie
         if close:
-            parts.append(b"\r\nConnection: close\r\n\r\n")
-        elif not self.version11:
-            parts.append(b"\r\nConnection: keep-alive\r\n\r\n")
+            self.close_after = True
+            self.out.append(head + b"\r\nX-Request-ID: " + self.rid + b"\r\nConnection: close\r\n\r\n")
+        elif self.version11:
+            self.out.append(head + b"\r\nX-Request-ID: " + self.rid + b"\r\n\r\n")
         else:
-            parts.append(b"\r\n\r\n")
-        self.close_after = close
-        self.out.append(b"".join(parts))
+            self.out.append(head + b"\r\nX-Request-ID: " + self.rid + b"\r\nConnection: keep-alive\r\n\r\n")
+
+    def _response_hooks(self, group: Group, status: int) -> bool:
+        """Passive health, retries on a bad status and latency tracking; True when the request was retried."""
+        if group.guards is not None:
+            self.outcome = status_outcome(status)
+            if self.replay is not None and self.retry(self.outcome, status, True):
+                return True
+        if group.track_latency and self.server is not None:
+            now = self.client.ctx.loop.time()
+            observe_latency(self.server, (now - self.sent_at) * 1000.0, now)
+        return False
 
     def response_body(self, data: bytes) -> None:
         if self.chunk_out:

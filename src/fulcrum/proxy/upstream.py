@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 import httptools
 
 from fulcrum.http.headers import connection_tokens
-from fulcrum.http.status import NO_BODY_STATUSES
 
 if TYPE_CHECKING:
     from fulcrum.proxy.context import ProxyContext
@@ -212,34 +211,30 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_head = False
         prefix = self._head_prefix
         if prefix:
+            self._head_prefix = b""
             raw = prefix + self._data
-            begin = 0
+            end = raw.find(b"\r\n\r\n")
+            self._cursor = end + 4 - len(prefix)
+            head = raw[:end]
         else:
             raw = self._data
             begin = self._cursor
-        end = raw.find(b"\r\n\r\n", begin)
-        self._head_prefix = b""
-        self._cursor = end + 4 - len(prefix)
-        head = raw[begin:end]
+            end = raw.find(b"\r\n\r\n", begin)
+            self._cursor = end + 4
+            head = raw[begin:end]
         if len(head) > self.pool.max_header_bytes:
             raise _HeadTooLarge
         parser = self.parser
         status = parser.get_status_code()
-        head, framing, close = response_head_policy(head)
-        if 100 <= status < 200:
+        head, mode, close = response_head_policy(head)  # mode: the framing, unless there is no body
+        if status < 200 and status >= 100:
             self._interim = True
             if status == 101:
                 raise _Unexpected101
             exchange.response_interim(status, head)
             return
-        if exchange.method_head or status in NO_BODY_STATUSES:
+        if exchange.method_head or status == 204 or status == 304:
             mode = NO_BODY
-        elif framing == CHUNKED:
-            mode = CHUNKED
-        elif framing == LENGTH:
-            mode = LENGTH
-        else:
-            mode = UNTIL_CLOSE
         if mode == UNTIL_CLOSE or close or not parser.should_keep_alive():
             self.reusable = False
         exchange.response_head(status, head, mode)
@@ -274,53 +269,64 @@ class UpstreamConnection(asyncio.Protocol):
 
 # Hop-by-hop header lines of a response head, found in its lower-cased copy (same offsets).
 _HOP_LINE = re.compile(
-    rb"\r\n(connection|keep-alive|transfer-encoding|proxy-connection|te|trailer|upgrade):[ \t]*([^\r]*)"
+    rb"\r\n(?:connection|keep-alive|transfer-encoding|proxy-connection|te|trailer|upgrade):[^\r]*"
 )
+_CONNECTION = b"\r\nconnection:"
+_TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
 _CONTENT_LENGTH = b"\r\ncontent-length:"
+_KEEP_ALIVE_LINE = b"\r\nconnection: keep-alive"
+_CLOSE_LINE = b"\r\nconnection: close"
 _PLAIN_TOKENS = frozenset((b"keep-alive", b"close"))
 
 
 def response_head_policy(head: bytes) -> tuple[bytes, int, bool]:
     """Cut hop-by-hop lines (and those Connection names) out of a raw response head.
 
-    ``head`` is the status line and header lines without the final blank line.
+    ``head`` is the status line and header lines without the final blank line,
+    already checked by the parser (no bare CR, no space before a colon).
     Returns the head to forward (status line as HTTP/1.1), the framing the
     upstream used (CHUNKED, LENGTH or UNTIL_CLOSE) and whether it asked to close.
     """
+    # This runs for every response, and each bytecode counts: one regex pass finds the hop-by-hop
+    # lines, and the usual case (none, or a lone "Connection: keep-alive/close") takes a short path.
     low = head.lower()
+    lines = _HOP_LINE.findall(low)
     framing = LENGTH if _CONTENT_LENGTH in low else UNTIL_CLOSE
     close = False
-    pieces: list[bytes] | None = None
-    last = 0
-    named: set[bytes] | None = None
-    for m in _HOP_LINE.finditer(low):
-        if pieces is None:
-            pieces = []
-        pieces.append(head[last : m.start()])
-        last = m.end()
-        name = m.group(1)
-        if name == b"transfer-encoding":
-            framing = CHUNKED
-        elif name == b"connection":
-            value = m.group(2).strip()
-            if value not in _PLAIN_TOKENS:
-                tokens = connection_tokens(value)
-                if b"close" in tokens:
+    if len(lines) == 1 and (lines[0] == _KEEP_ALIVE_LINE or lines[0] == _CLOSE_LINE):
+        line = lines[0]
+        start = low.find(line)
+        head = head[:start] + head[start + len(line) :]
+        close = line == _CLOSE_LINE
+    elif lines:
+        named: set[bytes] | None = None
+        pieces = []
+        last = 0
+        for line in lines:
+            start = low.find(line, last)
+            pieces.append(head[last:start])
+            last = start + len(line)
+            if line.startswith(_CONNECTION):
+                value = line[len(_CONNECTION) :].strip()
+                if value == b"close":
                     close = True
-                tokens -= _PLAIN_TOKENS
-                if tokens:
-                    named = tokens if named is None else named | tokens
-            elif value == b"close":
-                close = True
-    if pieces is not None:
+                elif value != b"keep-alive":
+                    tokens = connection_tokens(value)
+                    if b"close" in tokens:
+                        close = True
+                    tokens -= _PLAIN_TOKENS
+                    if tokens:
+                        named = tokens if named is None else named | tokens
+            elif line.startswith(_TRANSFER_ENCODING):
+                framing = CHUNKED
         pieces.append(head[last:])
         head = b"".join(pieces)
-    if named:
-        lines = head.split(b"\r\n")
-        head = b"\r\n".join(
-            [lines[0]] + [ln for ln in lines[1:] if ln.split(b":", 1)[0].strip().lower() not in named]
-        )
-    if not head.startswith(b"HTTP/1.1 "):
+        if named:
+            kept = head.split(b"\r\n")
+            head = b"\r\n".join(
+                [kept[0]] + [ln for ln in kept[1:] if ln.split(b":", 1)[0].strip().lower() not in named]
+            )
+    if head[5:9] != b"1.1 ":
         head = b"HTTP/1.1" + head[8:]
     return head, framing, close
 
