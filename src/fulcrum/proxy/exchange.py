@@ -357,9 +357,12 @@ class Exchange:
         self.resp_mode = mode
         self.resp_started = True
         group = self.group
-        if group is not None and (group.guards is not None or group.track_latency):
-            if self._response_hooks(group, status):
-                return  # retried on another server
+        if (
+            group is not None
+            and (group.guards is not None or group.track_latency)
+            and self._response_hooks(group, status)
+        ):
+            return  # retried on another server
         close = not self.keep_alive or self.client.ctx.draining
         if mode >= CHUNKED:  # CHUNKED or UNTIL_CLOSE: sent on chunked to HTTP/1.1 clients
             if self.version11:
