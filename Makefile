@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Compiled by mypyc at install (setup.py): a change to one of them means building again.
-COMPILED := src/fulcrum/proxy/downstream.py src/fulcrum/proxy/exchange.py src/fulcrum/proxy/upstream.py
+COMPILED := $(shell sed -n 's/^ *"\(src\/fulcrum\/.*\.py\)",$$/\1/p' setup.py)
 
 .PHONY: demo test test-pure lint bench clean
 
@@ -22,8 +22,9 @@ test: $(STAMP)
 
 # The same suite on the modules as plain Python (what runs where mypyc could not build them).
 test-pure: $(STAMP)
-	mkdir -p build/compiled-aside && mv src/fulcrum/proxy/*.so build/compiled-aside/
-	$(PY) -m pytest -q; status=$$?; mv build/compiled-aside/*.so src/fulcrum/proxy/; exit $$status
+	rm -rf build/compiled-aside && mkdir -p build/compiled-aside
+	find src -name '*.so' -exec cp --parents {} build/compiled-aside/ \; -delete
+	$(PY) -m pytest -q; status=$$?; cp -r build/compiled-aside/src . && rm -rf build/compiled-aside; exit $$status
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks setup.py

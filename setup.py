@@ -18,6 +18,11 @@ COMPILED = [
     "src/fulcrum/proxy/downstream.py",
     "src/fulcrum/proxy/exchange.py",
     "src/fulcrum/proxy/upstream.py",
+    "src/fulcrum/proxy/context.py",
+    "src/fulcrum/state/server.py",
+    "src/fulcrum/state/group.py",
+    "src/fulcrum/balancing/round_robin.py",
+    "src/fulcrum/routing/table.py",
 ]
 
 

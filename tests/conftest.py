@@ -7,22 +7,17 @@ from pathlib import Path
 
 import pytest
 
-import fulcrum.proxy
+import fulcrum
 from tests.support.upstream import RefusingPort, UpstreamServer, refusing_port
 
-#: Modules that setup.py compiles with mypyc (in fulcrum.proxy).
-COMPILED_MODULES = ("downstream", "exchange", "upstream")
-
-
 def pytest_configure(config: pytest.Config) -> None:
-    """Refuse to test a compiled module older than its source: the tests would run yesterday's code."""
-    package = Path(fulcrum.proxy.__file__).parent
-    for name in COMPILED_MODULES:
-        source = package / f"{name}.py"
-        for built in package.glob(f"{name}.*.so"):  # imported in preference to the .py beside it
-            if source.stat().st_mtime > built.stat().st_mtime:
-                pytest.exit(f"{built.name} is older than {source.name}: rebuild with `make test` (or `pip install "
-                            "-e .`), or delete the .so files to test the pure-Python modules", returncode=3)
+    """Refuse to test a module compiled by mypyc (setup.py) that is older than its source: the tests
+    would run yesterday's code, since Python imports the .so in preference to the .py beside it."""
+    for built in Path(fulcrum.__file__).parent.rglob("*.so"):
+        source = built.with_name(built.name.split(".", 1)[0] + ".py")
+        if source.exists() and source.stat().st_mtime > built.stat().st_mtime:
+            pytest.exit(f"{built.name} is older than {source.name}: rebuild with `make test` (or `pip install "
+                        "-e .`), or delete the .so files to test the pure-Python modules", returncode=3)
 
 
 @pytest.fixture
