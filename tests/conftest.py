@@ -10,6 +10,7 @@ import pytest
 import fulcrum
 from tests.support.upstream import RefusingPort, UpstreamServer, refusing_port
 
+
 def pytest_configure(config: pytest.Config) -> None:
     """Refuse to test a module compiled by mypyc (setup.py) that is older than its source: the tests
     would run yesterday's code, since Python imports the .so in preference to the .py beside it."""
