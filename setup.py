@@ -21,6 +21,8 @@ COMPILED = [
     "src/fulcrum/proxy/context.py",
     "src/fulcrum/state/server.py",
     "src/fulcrum/state/group.py",
+    "src/fulcrum/state/snapshot.py",
+    "src/fulcrum/http/headers.py",
     "src/fulcrum/balancing/round_robin.py",
     "src/fulcrum/routing/table.py",
 ]
