@@ -24,7 +24,7 @@ test: $(STAMP)
 test-pure: $(STAMP)
 	rm -rf build/compiled-aside && mkdir -p build/compiled-aside
 	find src -name '*.so' -exec cp --parents {} build/compiled-aside/ \; -delete
-	$(PY) -m pytest -q; status=$$?; cp -r build/compiled-aside/src . && rm -rf build/compiled-aside; exit $$status
+	FULCRUM_PURE=1 $(PY) -m pytest -q; status=$$?; cp -r build/compiled-aside/src . && rm -rf build/compiled-aside; exit $$status
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks setup.py
