@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
-import fulcrum
+from fulcrum.build import stale_compiled_modules
 from tests.support.upstream import RefusingPort, UpstreamServer, refusing_port
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Refuse to test a module compiled by mypyc (setup.py) that is older than its source: the tests
-    would run yesterday's code, since Python imports the .so in preference to the .py beside it."""
-    for built in Path(fulcrum.__file__).parent.rglob("*.so"):
-        source = built.with_name(built.name.split(".", 1)[0] + ".py")
-        if source.exists() and source.stat().st_mtime > built.stat().st_mtime:
-            pytest.exit(f"{built.name} is older than {source.name}: rebuild with `make test` (or `pip install "
-                        "-e .`), or delete the .so files to test the pure-Python modules", returncode=3)
+    would run yesterday's code."""
+    for built, source in stale_compiled_modules():
+        pytest.exit(f"{built.name} is older than {source.name}: rebuild with `make test` (or `pip install "
+                    "-e .`), or delete the .so files to test the pure-Python modules", returncode=3)
 
 
 @pytest.fixture

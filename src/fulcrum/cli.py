@@ -163,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from fulcrum.build import stale_compiled_modules
+
+    for built, source in stale_compiled_modules():
+        print(f"fulcrum: warning: {source.name} changed after {built.name} was built; the old compiled code runs "
+              "(rebuild: make test, or pip install -e .)", file=sys.stderr)
     code: int = args.func(args)
     return code
 
