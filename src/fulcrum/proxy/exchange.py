@@ -375,8 +375,8 @@ class Exchange:
             head += b"\r\nX-Upstream-Server: " + self.server.id.encode()
         if self.set_cookie is not None:
             head += b"\r\nSet-Cookie: " + self.set_cookie
+        self.close_after = close
         if close:
-            self.close_after = True
             self.out.append(head + b"\r\nX-Request-ID: " + self.rid + b"\r\nConnection: close\r\n\r\n")
         elif self.version11:
             self.out.append(head + b"\r\nX-Request-ID: " + self.rid + b"\r\n\r\n")
