@@ -364,7 +364,7 @@ class Exchange:
         ):
             return  # retried on another server
         close = not self.keep_alive or self.client.ctx.draining
-        if mode >= CHUNKED:  # CHUNKED or UNTIL_CLOSE: sent on chunked to HTTP/1.1 clients
+        if mode in (CHUNKED, UNTIL_CLOSE):  # sent on chunked to HTTP/1.1 clients
             if self.version11:
                 self.chunk_out = True
                 head += b"\r\nTransfer-Encoding: chunked"
@@ -377,11 +377,12 @@ class Exchange:
             head += b"\r\nSet-Cookie: " + self.set_cookie
         self.close_after = close
         if close:
-            self.out.append(head + b"\r\nX-Request-ID: " + self.rid + b"\r\nConnection: close\r\n\r\n")
+            end = b"\r\nConnection: close\r\n\r\n"
         elif self.version11:
-            self.out.append(head + b"\r\nX-Request-ID: " + self.rid + b"\r\n\r\n")
+            end = b"\r\n\r\n"
         else:
-            self.out.append(head + b"\r\nX-Request-ID: " + self.rid + b"\r\nConnection: keep-alive\r\n\r\n")
+            end = b"\r\nConnection: keep-alive\r\n\r\n"
+        self.out.append(head + b"\r\nX-Request-ID: " + self.rid + end)
 
     def _response_hooks(self, group: Group, status: int) -> bool:
         """Passive health, retries on a bad status and latency tracking; True when the request was retried."""

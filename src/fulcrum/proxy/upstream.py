@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import httptools
 
 from fulcrum.http.headers import connection_tokens
+from fulcrum.http.status import NO_BODY_STATUSES
 
 if TYPE_CHECKING:
     from fulcrum.proxy.context import ProxyContext
@@ -227,13 +228,13 @@ class UpstreamConnection(asyncio.Protocol):
         parser = self.parser
         status = parser.get_status_code()
         head, mode, close = response_head_policy(head)  # mode: the framing, unless there is no body
-        if status < 200 and status >= 100:
+        if 100 <= status < 200:
             self._interim = True
             if status == 101:
                 raise _Unexpected101
             exchange.response_interim(status, head)
             return
-        if exchange.method_head or status == 204 or status == 304:
+        if exchange.method_head or status in NO_BODY_STATUSES:
             mode = NO_BODY
         if mode == UNTIL_CLOSE or close or not parser.should_keep_alive():
             self.reusable = False
