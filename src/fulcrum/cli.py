@@ -7,10 +7,13 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fulcrum import __version__
 from fulcrum.config import Config, ConfigError, describe, load_config, parse_config
+
+if TYPE_CHECKING:
+    from fulcrum.gateway import Gateway
 
 DEFAULT_CONFIG = "fulcrum.yaml"
 
@@ -28,13 +31,55 @@ def _load(path: str) -> Config | None:
         return None
 
 
+def _build_routes(config: Config, path: str) -> Gateway | None:
+    """Build the route table as a snapshot would (plugins imported, log files opened); None on errors."""
+    from fulcrum.gateway import build_gateway
+
+    try:
+        return build_gateway(config, path)
+    except ConfigError as err:
+        print(f"fulcrum: configuration is not valid ({len(err.errors)} error(s)):", file=sys.stderr)
+        print(str(err), file=sys.stderr)
+        return None
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    from fulcrum.gateway import describe_routes
+
     path = _config_path(args.config)
     config = _load(path)
     if config is None:
         return 1
-    print(f"{path}: configuration is valid")
-    print(describe(config))
+    gateway = _build_routes(config, path)
+    if gateway is None:
+        return 1
+    try:
+        print(f"{path}: configuration is valid")
+        print(describe(config))
+        print("compiled route table (first match wins):")
+        print(describe_routes(gateway.table))
+    finally:
+        gateway.close()
+    return 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """A bcrypt hash for basic_auth's users, read from the terminal (or one line of stdin)."""
+    import getpass
+
+    import bcrypt
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("fulcrum: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("fulcrum: empty password", file=sys.stderr)
+        return 1
+    print(bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=args.rounds)).decode("ascii"))
     return 0
 
 
@@ -139,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate a config file and print what it sets up")
     p.add_argument("-c", "--config", help=f"config file (default: $FULCRUM_CONFIG or {DEFAULT_CONFIG})")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("hash-password", help="print a bcrypt hash for basic_auth (password read from the terminal)")
+    p.add_argument("--rounds", type=int, default=12, help="bcrypt cost (default 12)")
+    p.set_defaults(func=cmd_hash_password)
 
     p = sub.add_parser("demo", help="three demo servers behind Fulcrum, no config needed")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")

@@ -15,6 +15,7 @@ from fulcrum.config import (
     parse_duration,
     parse_size,
 )
+from fulcrum.config.units import parse_rate
 
 
 @pytest.mark.parametrize(
@@ -166,3 +167,38 @@ def test_listen_errors(value: object, path: str, reason: str) -> None:
     [issue] = caught.value.errors
     assert issue.path == path
     assert reason in issue.message
+
+
+@pytest.mark.parametrize(
+    ("text", "per_second"),
+    [
+        ("100/s", 100.0),
+        ("10/m", 10 / 60),
+        ("10/min", 10 / 60),
+        ("600/h", 600 / 3600),
+        ("5/hour", 5 / 3600),
+        ("2/second", 2.0),
+        ("1.5/s", 1.5),
+        ("86400/day", 1.0),
+        (" 10 / MIN ", 10 / 60),
+        (".5/s", 0.5),
+    ],
+)
+def test_parse_rate(text: str, per_second: float) -> None:
+    assert parse_rate(text) == pytest.approx(per_second)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["ten/s", "100", "0/s", "0.0/m", "-1/s", "5/fortnight", "/s", "10/", "10//s", "", "1e3/s", 10, 1.5, None, True],
+)
+def test_parse_rate_rejects(bad: object) -> None:
+    problem = r"must be a rate like 100/s, 10/min or 600/h \(more than zero\), got"
+    with pytest.raises(ValueError, match=problem) as caught:
+        parse_rate(bad)
+    assert repr(bad) in str(caught.value)
+
+
+def test_parse_rate_rejects_overflow() -> None:
+    with pytest.raises(ValueError, match="must be a rate like"):
+        parse_rate("9" * 400 + "/s")

@@ -7,8 +7,15 @@ from fulcrum.config.units import format_duration, format_size
 
 
 def _route(route: Route) -> str:
-    match = route.match
-    return f"{match.host or '*'}{match.path_prefix}"
+    return route.display_name
+
+
+def _target(route: Route) -> str:
+    if route.respond is not None:
+        return f"respond {route.respond.status}"
+    if route.redirect is not None:
+        return f"redirect {route.redirect.status} {route.redirect.url}"
+    return f"-> {route.upstream}"
 
 
 def _health(check: HealthCheck | None) -> str:
@@ -46,7 +53,7 @@ def describe(config: Config) -> str:
         "routes:",
     ]
     width = max(len(_route(r)) for r in config.routes) if config.routes else 0
-    lines += [f"  {_route(r):<{width}}  -> {r.upstream}" for r in config.routes]
+    lines += [f"  {_route(r):<{width}}  {_target(r)}" for r in config.routes]
     lines.append("upstreams:")
     for name, upstream in config.upstreams.items():
         count = len(upstream.servers)

@@ -25,6 +25,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from fulcrum.config.gateway import Match as Match
+from fulcrum.config.gateway import Route as Route
 from fulcrum.config.messages import FULCRUM_ERROR, humanize
 from fulcrum.config.units import StatusRanges, parse_duration, parse_size, short_repr
 
@@ -536,56 +538,7 @@ class Upstream(BaseModel):
         return servers
 
 
-# ---------------------------------------------------------------- routes
-
-
-class Match(BaseModel):
-    """Which requests a route takes: ``host`` (``*.example.com`` for subdomains) and ``path_prefix``."""
-
-    model_config = _MODEL
-
-    host: str | None = None
-    path_prefix: str = "/"
-
-    @field_validator("host")
-    @classmethod
-    def _normal_host(cls, host: str | None) -> str | None:
-        if host is None:
-            return None
-        text = host.strip().lower()
-        if text == "*":
-            return None
-        if text.startswith("["):  # [v6] or [v6]:port
-            end = text.find("]")
-            if end < 0:
-                raise ValueError(f"must be a host name like example.com or *.example.com, got {short_repr(host)}")
-            literal = text[: end + 1]
-            try:
-                ipaddress.IPv6Address(literal[1:-1])
-            except ValueError:
-                raise ValueError(f"bad IPv6 address {short_repr(host)}") from None
-            return literal
-        name, _, port = text.partition(":")
-        bare = name.removeprefix("*.")
-        if (port and not port.isdigit()) or not bare or not _HOSTNAME.fullmatch(bare):
-            raise ValueError(f"must be a host name like example.com or *.example.com, got {short_repr(host)}")
-        return name
-
-    @field_validator("path_prefix")
-    @classmethod
-    def _check_prefix(cls, prefix: str) -> str:
-        if not prefix.startswith("/"):
-            raise ValueError(f"must start with /, got {short_repr(prefix)}")
-        return _clean_text(prefix, "the path prefix")
-
-
-class Route(BaseModel):
-    """Requests that ``match`` go to the group named ``upstream``."""
-
-    model_config = _MODEL
-
-    match: Match = Match()
-    upstream: str
+# ---------------------------------------------------------------- routes: see fulcrum.config.gateway
 
 
 # ---------------------------------------------------------------- the whole config

@@ -150,3 +150,29 @@ class StatusRanges:
         return core_schema.no_info_plain_validator_function(
             validate, serialization=core_schema.plain_serializer_function_ser_schema(str)
         )
+
+
+_RATE_UNITS = {
+    "s": 1.0, "sec": 1.0, "second": 1.0,
+    "m": 60.0, "min": 60.0, "minute": 60.0,
+    "h": 3600.0, "hr": 3600.0, "hour": 3600.0,
+    "d": 86400.0, "day": 86400.0,
+}
+_RATE = re.compile(rf"({_NUMBER})\s*/\s*([a-z]+)", re.IGNORECASE)
+
+
+def parse_rate(value: object) -> float:
+    """Tokens per second from ``"100/s"``, ``"10/m"``, ``"10/min"``, ``"600/h"``, ``"5/hour"`` or ``"1/day"``."""
+    problem = f"must be a rate like 100/s, 10/min or 600/h (more than zero), got {short_repr(value)}"
+    if not isinstance(value, str):
+        raise ValueError(problem)
+    match = _RATE.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(problem)
+    per = _RATE_UNITS.get(match.group(2).lower())
+    if per is None:
+        raise ValueError(problem)
+    rate = float(match.group(1)) / per
+    if not math.isfinite(rate) or rate <= 0:
+        raise ValueError(problem)
+    return rate

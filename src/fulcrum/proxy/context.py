@@ -102,3 +102,5 @@ class ProxyContext:
             if item.deadline and item.deadline <= now:
                 item.on_timeout(now)
         self.access_log.flush()
+        if self.snapshot.gateway.writers:
+            self.snapshot.gateway.flush()

@@ -7,14 +7,18 @@ stream both ways; nothing is held whole.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
 from fulcrum.balancing import hash_key_value, observe_latency, sticky_lookup, sticky_set_cookie, sticky_token
 from fulcrum.balancing.base import EMPTY_CONTEXT, PickContext
 from fulcrum.health.budget import retryable
-from fulcrum.http.headers import forwarded_node, split_host
-from fulcrum.http.status import error_response
+from fulcrum.http.headers import forwarded_node, is_trusted, split_host
+from fulcrum.http.status import NO_BODY_STATUSES, REASONS, error_response
+from fulcrum.middleware.api import Request, Response
+from fulcrum.middleware.policy.accesslog import LogRecord
 from fulcrum.proxy.guards import FAILURE_OUTCOME, status_outcome
 from fulcrum.proxy.upstream import (
     CHUNKED,
@@ -29,6 +33,8 @@ from fulcrum.proxy.upstream import (
     UpstreamConnection,
 )
 from fulcrum.routing import target_path
+from fulcrum.routing.rewrite import edit_lines, redirect_location, rewrite_target, split_target
+from fulcrum.routing.route import Answer, Route
 
 if TYPE_CHECKING:
     from fulcrum.proxy.downstream import ClientConnection
@@ -55,7 +61,10 @@ class Exchange:
         "attempts",
         "body_buf",
         "body_buffered",
+        "body_filter",
         "body_len",
+        "body_limit",
+        "bytes_out",
         "chunk_out",
         "chunked_in",
         "cl",
@@ -72,7 +81,12 @@ class Exchange:
         "head",
         "header_bytes",
         "headers",
+        "held",
+        "held_body",
+        "held_complete",
+        "held_lost",
         "host",
+        "host_replaced",
         "keep_alive",
         "method",
         "method_head",
@@ -83,9 +97,12 @@ class Exchange:
         "pool",
         "queued",
         "replay",
+        "req",
+        "resp",
         "resp_mode",
         "resp_started",
         "rid",
+        "route",
         "sent_at",
         "server",
         "set_cookie",
@@ -94,11 +111,13 @@ class Exchange:
         "t0",
         "t_total",
         "target",
+        "task",
         "te",
         "tried",
         "upstream",
         "upstream_got_bytes",
         "version11",
+        "waiter",
         "xff",
         "xfh",
         "xfp",
@@ -155,6 +174,20 @@ class Exchange:
         self.tried: frozenset[str] = frozenset()
         self.attempts = 1
         self.replay: list[bytes] | None = None  # request body kept for a retry (None: no retry possible)
+        # gateway: the route, and for routes with middleware the request/response views and the async onion
+        self.route: Route | None = None
+        self.req: Request | None = None
+        self.resp: Response | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.waiter: asyncio.Future[Response] | None = None
+        self.held = False  # the upstream's head waits for the async middleware to return
+        self.held_body: list[bytes] | None = None
+        self.held_complete: UpstreamConnection | None = None
+        self.held_lost = False
+        self.host_replaced = False
+        self.body_filter: Any = None  # a compress encoder for the response body
+        self.body_limit = 0  # max_body of the route (0: only limits.max_body_bytes)
+        self.bytes_out = 0
 
     # -- request side --------------------------------------------------------
 
@@ -169,11 +202,66 @@ class Exchange:
         route = routes.catch_all
         if route is None:
             host = split_host(self.host) if self.host is not None and routes.uses_host else b""
-            route = routes.match(host, target_path(self.target))
+            path, query = split_target(self.target)
+            route = routes.match(host, path, self.method, self.headers, query)
         if route is None:
             self.respond_error(404, "no route matches this request")
             return
-        group = self.group = snap.groups[route.upstream]
+        self.route = route
+        chain = route.chain
+        if chain is not None:
+            if chain.loggers and not self.t0:
+                self.t0 = ctx.loop.time()
+            req = self.req = Request(self.method.decode("latin-1"), self.target, self.headers, client.client_ip,
+                                     route.name, self.rid.decode("latin-1"))
+            req.content_length = self.cl
+            if not chain.sync:
+                self.task = ctx.loop.create_task(self._run_chain(chain, req))
+                return
+            answer = chain.on_request(req)
+            if answer is not None:
+                self.send_own(answer, False)
+                return
+        self.proceed(route)
+
+    def proceed(self, route: Route) -> None:
+        """After the middleware's request side: the route's own rewrites, then its answer or its upstream."""
+        req = self.req
+        if req is not None:
+            if req.target_changed:
+                self.target = req.target
+            if req.headers_changed:
+                try:
+                    self.headers = req.header_lines()
+                except ValueError as err:
+                    self.respond_error(500, f"middleware set a bad header: {err}")
+                    return
+            limit = req.body_limit
+            if limit:
+                self.body_limit = limit
+                if self.body_len > limit:
+                    self.client.reject(413, f"request body larger than {limit} bytes", self)
+                    return
+        if route.rewrite is not None:
+            self.target = rewrite_target(self.target, route.rewrite)
+        if route.request_headers is not None:
+            self.headers = edit_lines(self.headers, route.request_headers)
+        if route.upstream_host is not None:
+            self.headers = [h for h in self.headers if h[:5].lower() != b"host:"]
+            self.headers.append(b"Host: " + route.upstream_host + CRLF)
+            self.host_replaced = True
+        answer = route.answer
+        if answer is not None:
+            self.send_own(self._route_answer(answer), True)
+            return
+        self.choose(route)
+
+    def choose(self, route: Route) -> None:
+        """Pick a server of the route's group and forward to it."""
+        client = self.client
+        ctx = client.ctx
+        snap = self.snap
+        group = self.group = snap.groups[route.upstream or ""]
         pick_ctx = EMPTY_CONTEXT
         sticky = group.sticky
         server: Server | None = None
@@ -306,7 +394,7 @@ class Exchange:
 
     def request_body(self, chunk: bytes) -> None:
         self.body_len += len(chunk)
-        limit = self.snap.max_body_bytes
+        limit = self.body_limit or self.snap.max_body_bytes
         if limit and self.body_len > limit:
             self.abandon_upstream()
             self.client.reject(413, f"request body larger than {limit} bytes", self)
@@ -363,6 +451,43 @@ class Exchange:
             and self._response_hooks(group, status)
         ):
             return  # retried on another server
+        route = self.route
+        if route is not None and (route.chain is not None or route.response_headers is not None):
+            resp = Response.upstream(status, head)
+            edits = route.response_headers
+            if edits is not None:
+                resp.edit_raw(edits.pattern, b"".join([b"\r\n" + line for line in edits.append]))
+            chain = route.chain
+            if chain is not None:
+                if not chain.sync:
+                    waiter = self.waiter
+                    if waiter is not None and not waiter.done():
+                        self.held = True
+                        self.resp = resp
+                        self.held_body = []
+                        conn = self.upstream
+                        if conn is not None and conn.transport is not None:
+                            conn.transport.pause_reading()
+                        waiter.set_result(resp)
+                        return
+                else:
+                    chain.on_response(self.req, resp)
+            try:
+                head = resp.head_bytes()
+            except ValueError as err:
+                log.error("route %s: middleware set a bad response header: %s", route.name, err)
+                self.abandon_upstream()
+                self.resp_started = False
+                self.respond_error(502, "middleware set a bad response header")
+                return
+            self.status = resp.status
+            self.body_filter = resp.body_filter
+            if self.body_filter is not None and mode != UNTIL_CLOSE:
+                mode = CHUNKED
+        self._send_head(head, mode)
+
+    def _send_head(self, head: bytes, mode: int) -> None:
+        """Queue the response head for the client, with our framing and headers added."""
         close = not self.keep_alive or self.client.ctx.draining
         if mode in (CHUNKED, UNTIL_CLOSE):  # sent on chunked to HTTP/1.1 clients
             if self.version11:
@@ -371,7 +496,9 @@ class Exchange:
             else:
                 close = True
         snap = self.snap
-        if snap.expose_upstream and self.server is not None:
+        route = self.route
+        expose = snap.expose_upstream if route is None or route.expose_upstream is None else route.expose_upstream
+        if expose and self.server is not None:
             head += b"\r\nX-Upstream-Server: " + self.server.id.encode()
         if self.set_cookie is not None:
             head += b"\r\nSet-Cookie: " + self.set_cookie
@@ -396,6 +523,15 @@ class Exchange:
         return False
 
     def response_body(self, data: bytes) -> None:
+        if self.held:
+            self.held_body.append(data)  # type: ignore[union-attr]
+            return
+        encoder = self.body_filter
+        if encoder is not None:
+            data = encoder.compress(data)
+            if not data:
+                return
+        self.bytes_out += len(data)
         if self.chunk_out:
             self.out += (b"%x\r\n" % len(data), data, CRLF)
         else:
@@ -404,12 +540,21 @@ class Exchange:
     def flush(self) -> None:
         """Write what the last upstream read produced, in one go (head and body in one send)."""
         out = self.out
-        if out:
+        if out and not self.held:
             # one write: uvloop sends each buffer of writelines on its own when the socket is writable
             self.client.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
 
     def response_complete(self, conn: UpstreamConnection) -> None:
+        if self.held:
+            self.held_complete = conn
+            return
+        encoder = self.body_filter
+        if encoder is not None:
+            self.body_filter = None
+            tail = encoder.finish()
+            if tail:
+                self.response_body(tail)
         if self.chunk_out:
             self.out.append(LAST_CHUNK)
         self.flush()
@@ -429,16 +574,11 @@ class Exchange:
         self.upstream = None
         if self.finished:
             return
+        if self.held:
+            self.held_lost = True
+            return
         if self.resp_started:
-            if self.resp_mode == UNTIL_CLOSE:  # the close is the end of this body
-                if self.chunk_out:
-                    self.out.append(LAST_CHUNK)
-                self.flush()
-                self.end()
-            else:  # truncated: the client gets what came, then the close; never a made-up ending
-                self.flush()
-                self.close_after = True
-                self.end()
+            self._lost_after_head()
             return
         if (
             conn.uses > 1
@@ -455,6 +595,24 @@ class Exchange:
             return
         self.upstream_got_bytes = conn.got_bytes
         self.upstream_failed(RESET)
+
+    def _lost_after_head(self) -> None:
+        """The upstream closed after its head: the end of a close-delimited body, else a truncation."""
+        if self.resp_mode == UNTIL_CLOSE:  # the close is the end of this body
+            encoder = self.body_filter
+            if encoder is not None:
+                self.body_filter = None
+                tail = encoder.finish()
+                if tail:
+                    self.response_body(tail)
+            if self.chunk_out:
+                self.out.append(LAST_CHUNK)
+            self.flush()
+            self.end()
+        else:  # truncated: the client gets what came, then the close; never a made-up ending
+            self.flush()
+            self.close_after = True
+            self.end()
 
     def upstream_failed(self, kind: str) -> None:
         if self.finished:
@@ -570,12 +728,171 @@ class Exchange:
 
     def respond_error(self, status: int, detail: str) -> None:
         """Answer with an error of our own; the connection stays open only if the request was read whole."""
+        route = self.route
+        if route is not None and (route.chain is not None or route.response_headers is not None):
+            # middleware sees Fulcrum's own errors too (CORS headers on a 502, the access log of a 503)
+            body = f"{status} {REASONS.get(status, b'Error').decode()}: {detail}\nrequest id: "
+            resp = Response(status, body + self.rid.decode("latin-1") + "\n",
+                            [("Content-Type", "text/plain; charset=utf-8")])
+            self.send_own(resp, True)
+            return
         close = not self.keep_alive or self.phase != DONE or self.client.ctx.draining
         self.status = status
         self.close_after = close
         self.resp_started = True
         self.client.write(error_response(status, detail, self.rid, close=close))
         self.end()
+
+    # -- gateway: answers of our own and the async middleware onion ---------------
+
+    def send_own(self, resp: Response, hooks: bool) -> None:
+        """Answer with a response Fulcrum or a middleware made; ``hooks``: still to pass the route's middleware."""
+        route = self.route
+        if hooks and route is not None:
+            waiter = self.waiter
+            if waiter is not None:
+                if not waiter.done():  # async middleware waits for this in call_next: it has the last word
+                    self.resp = None
+                    waiter.set_result(resp)
+                return
+            chain = route.chain
+            if chain is not None and chain.sync:
+                chain.on_error(self.req, resp)
+        if route is not None and route.response_headers is not None and hooks:
+            edits = route.response_headers
+            resp.edit_raw(edits.pattern, b"".join([b"\r\n" + line for line in edits.append]))
+        try:
+            head = resp.head_bytes()
+        except ValueError as err:
+            log.error("middleware set a bad response header: %s", err)
+            resp = Response(500, "500 Internal Server Error: bad response header from middleware\n")
+            head = resp.head_bytes()
+        status = resp.status
+        close = not self.keep_alive or self.phase != DONE or self.client.ctx.draining
+        self.status = status
+        self.close_after = close
+        self.resp_started = True
+        body = resp.body
+        parts = [head]
+        if status not in NO_BODY_STATUSES:
+            parts.append(b"\r\nContent-Length: %d" % len(body))
+        parts.append(b"\r\nX-Request-ID: " + self.rid)
+        if close:
+            parts.append(b"\r\nConnection: close\r\n\r\n")
+        elif self.version11:
+            parts.append(b"\r\n\r\n")
+        else:
+            parts.append(b"\r\nConnection: keep-alive\r\n\r\n")
+        if body and not self.method_head and status not in NO_BODY_STATUSES:
+            parts.append(body)
+            self.bytes_out = len(body)
+        self.client.write(b"".join(parts))
+        self.end()
+
+    def _route_answer(self, answer: Answer) -> Response:
+        if answer.location is not None:
+            location = redirect_location(answer, self.host or b"", self.target)
+            return Response(answer.status, b"", [("Location", location.decode("latin-1"))])
+        headers = []
+        for line in answer.headers:
+            name, _, value = line.partition(b":")
+            headers.append((name.decode("latin-1"), value.strip().decode("latin-1")))
+        return Response(answer.status, answer.body, headers)
+
+    async def _run_chain(self, chain: Any, req: Request) -> None:
+        try:
+            resp = await chain.run(req, self._call_next)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            name = self.route.name if self.route is not None else "?"
+            log.exception("middleware of route %s failed", name)
+            resp = Response(500, f"500 Internal Server Error: middleware failed\nrequest id: {req.request_id}\n",
+                            [("Content-Type", "text/plain; charset=utf-8")])
+        self.task = None
+        if not self.finished:
+            self._chain_done(resp)
+
+    def _call_next(self, req: Request) -> asyncio.Future[Response]:
+        """The innermost ``call_next``: the route's own rewrites, then upstream (or the route's answer)."""
+        if self.waiter is not None:
+            raise RuntimeError("call_next was called twice for one request")
+        waiter = self.waiter = self.client.ctx.loop.create_future()
+        route = self.route
+        assert route is not None
+        if not self.finished:
+            self.proceed(route)
+        return waiter
+
+    def _chain_done(self, resp: Response) -> None:
+        """The async onion returned ``resp``: send the upstream's held head and body, or the answer it made."""
+        if resp is self.resp and self.held:
+            self.held = False
+            self.resp = None
+            mode = self.resp_mode
+            try:
+                head = resp.head_bytes()
+            except ValueError as err:
+                log.error("middleware set a bad response header: %s", err)
+                self.abandon_upstream()
+                self.resp_started = False
+                self.send_own(Response(502, "502 Bad Gateway: middleware set a bad response header\n"), False)
+                return
+            self.status = resp.status
+            self.body_filter = resp.body_filter
+            if self.body_filter is not None and mode != UNTIL_CLOSE:
+                mode = CHUNKED
+            self._send_head(head, mode)
+            held = self.held_body or []
+            self.held_body = None
+            for chunk in held:
+                self.response_body(chunk)
+            self.flush()
+            complete = self.held_complete
+            if complete is not None:
+                self.held_complete = None
+                self.response_complete(complete)
+                return
+            if self.held_lost:
+                self._lost_after_head()
+                return
+            conn = self.upstream
+            if conn is not None and conn.transport is not None:
+                conn.transport.resume_reading()
+            return
+        # an answer of the middleware's own: whatever the upstream sent is dropped
+        self.held = False
+        self.held_body = None
+        self.held_complete = None
+        self.abandon_upstream()
+        self.resp_started = False
+        self.send_own(resp, False)
+
+    def _log_record(self) -> LogRecord:
+        ctx = self.client.ctx
+        now = ctx.loop.time()
+        req = self.req
+        referer = req.header("referer") if req is not None else None
+        agent = req.header("user-agent") if req is not None else None
+        route = self.route
+        return LogRecord(
+            client_ip=self.client.client_ip,
+            time=time.time(),
+            method=self.method.decode("latin-1"),
+            target=req.target.decode("latin-1") if req is not None else self.target.decode("latin-1"),
+            version="1.1" if self.version11 else "1.0",
+            status=self.status,
+            bytes_sent=self.bytes_out,
+            referer=referer,
+            user_agent=agent,
+            upstream=self.server.id if self.server is not None else None,
+            duration_ms=(now - self.t0) * 1000.0 if self.t0 else 0.0,
+            upstream_ms=(now - self.sent_at) * 1000.0 if self.sent_at else None,
+            request_id=self.rid.decode("latin-1"),
+            route=route.name if route is not None else "-",
+            error=self.error or None,
+            attempts=self.attempts,
+        )
 
     def end(self) -> None:
         """The exchange is over: counters, access log, and the client connection moves on."""
@@ -584,6 +901,16 @@ class Exchange:
         self.finished = True
         client = self.client
         ctx = client.ctx
+        task = self.task
+        if task is not None:  # the client went away while middleware ran
+            self.task = None
+            task.cancel()
+        route = self.route
+        if route is not None and route.chain is not None and route.chain.loggers:
+            try:
+                route.chain.log(self._log_record())
+            except Exception:
+                log.exception("access log of route %s failed", route.name)
         if self.deadline:
             self.deadline = 0.0
             ctx.timed.discard(self)
@@ -623,8 +950,15 @@ class Exchange:
         host = self.host
         if host is None:  # an HTTP/1.0 request without Host
             host = server.id.encode()
-            parts += (b"Host: ", host, CRLF)
+            if not self.host_replaced:
+                parts += (b"Host: ", host, CRLF)
+        route = self.route
         style = self.snap.forward_style
+        if route is not None:
+            if route.forward_style is not None:
+                style = route.forward_style
+            if route.trusted_proxies is not None:
+                trusted = is_trusted(client.client_ip, route.trusted_proxies)
         ip = client.client_ip_b
         if style != "rfc7239":
             xff = self.xff

@@ -27,6 +27,11 @@ def _tick_for(config: Config) -> float:
     return max(0.01, min(0.25, shortest / 5))
 
 
+def _needs_timing(snapshot: Snapshot) -> bool:
+    """Whether requests must be timed: an access log, or a latency-aware policy."""
+    return snapshot.access_log or snapshot.timing or any(g.track_latency for g in snapshot.groups.values())
+
+
 class ProxyServer:
     """Serves one config on its listeners until ``shutdown``."""
 
@@ -38,7 +43,7 @@ class ProxyServer:
         snapshot = self._build(config)
         self._attach_guards(snapshot, None)
         self.ctx = ProxyContext(self.loop, snapshot)
-        self.ctx.timing = snapshot.access_log or any(g.track_latency for g in snapshot.groups.values())
+        self.ctx.timing = _needs_timing(snapshot)
         self.listeners: list[socket.socket] = []
         self._accepting: set[asyncio.Task[tuple[asyncio.Transport, ClientConnection]]] = set()
         self._tick = _tick_for(config)
@@ -137,7 +142,7 @@ class ProxyServer:
         self._attach_guards(snapshot, self.ctx.snapshot)
         self.config = config
         self.ctx.apply_snapshot(snapshot)
-        self.ctx.timing = snapshot.access_log or any(g.track_latency for g in snapshot.groups.values())
+        self.ctx.timing = _needs_timing(snapshot)
         self._tick = _tick_for(config)
         await self._start_checkers(config)
 

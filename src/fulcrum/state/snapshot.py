@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fulcrum.config import Config
-from fulcrum.routing import Route, RouteTable
+from fulcrum.gateway import Gateway, build_gateway
+from fulcrum.routing import RouteTable
 from fulcrum.state.group import Group
 from fulcrum.state.server import Server
 
@@ -18,6 +19,7 @@ class Snapshot:
 
     config: Config
     routes: RouteTable
+    gateway: Gateway
     groups: Mapping[str, Group]
     # flattened for the hot path
     max_request_line: int
@@ -29,10 +31,12 @@ class Snapshot:
     access_log: bool
     trusted_proxies: tuple[Any, ...]
     forward_style: str
+    timing: bool  # some route logs requests with durations
 
     def close(self) -> None:
         for group in self.groups.values():
             group.close()
+        self.gateway.close()
 
 
 class ServerRegistry:
@@ -61,8 +65,14 @@ def build_snapshot(
     config: Config,
     registry: ServerRegistry,
     clock: Callable[[], float],
+    source: str = "config",
 ) -> Snapshot:
-    """A snapshot for ``config``, reusing the runtime state of servers that were already known."""
+    """A snapshot for ``config``, reusing the runtime state of servers that were already known.
+
+    Raises ``ConfigError`` when the routes cannot be built (a plugin that fails to load, a log file
+    that cannot be opened), before any runtime state is touched.
+    """
+    gateway = build_gateway(config, source)
     groups: dict[str, Group] = {}
     keep: set[tuple[str, str]] = set()
     for name, spec in config.upstreams.items():
@@ -73,19 +83,11 @@ def build_snapshot(
             servers.append(server)
         groups[name] = Group(name, spec, servers, clock)
     registry.retain(keep)
-    routes = [
-        Route(
-            upstream=r.upstream,
-            path_prefix=r.match.path_prefix.encode(),
-            host=r.match.host.encode() if r.match.host else None,
-            index=i,
-        )
-        for i, r in enumerate(config.routes)
-    ]
     limits = config.limits
     return Snapshot(
         config=config,
-        routes=RouteTable(routes),
+        routes=gateway.table,
+        gateway=gateway,
         groups=groups,
         max_request_line=limits.max_request_line,
         max_header_bytes=limits.max_header_bytes,
@@ -96,4 +98,5 @@ def build_snapshot(
         access_log=config.access_log,
         trusted_proxies=tuple(config.forwarding.trusted_proxies),
         forward_style=config.forwarding.style,
+        timing=any(r.chain is not None and r.chain.loggers for r in gateway.table.routes),
     )

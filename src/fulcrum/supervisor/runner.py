@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
-from fulcrum.config import Config
+from fulcrum.config import Config, ConfigError
 from fulcrum.proxy.server import ProxyServer, install_uvloop
 
 log = logging.getLogger("fulcrum")
@@ -30,7 +30,11 @@ def run(source: ConfigSource, *, after_start: Callable[[ProxyServer], None] | No
 async def _serve(source: ConfigSource, after_start: Callable[[ProxyServer], None] | None) -> int:
     loop = asyncio.get_running_loop()
     config = source if isinstance(source, Config) else await source()
-    server = ProxyServer(config, loop)
+    try:
+        server = ProxyServer(config, loop)
+    except ConfigError as err:
+        log.error("configuration is not valid (%d error(s)):\n%s", len(err.errors), err)
+        return 1
     try:
         await server.start()
     except OSError as err:

@@ -1,0 +1,223 @@
+"""Access log lines (common, combined, JSON) and a writer that never blocks the event loop.
+
+Client-supplied text (target, referer, user agent, request id) is escaped
+the way Apache does it, so a line is always one line of printable ASCII:
+``"`` as ``\\"``, ``\\`` as ``\\\\``, other characters outside printable
+ASCII as ``\\xHH`` (``\\uHHHH`` above U+00FF).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from typing import TextIO
+
+log = logging.getLogger("fulcrum.accesslog")
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_QUOTED = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0x100))} | {ord('"'): '\\"', ord("\\"): "\\\\"}
+_BARE = _QUOTED | {ord(" "): "\\x20"}  # values outside quotes must not hold a space either
+_MAX_PENDING_LINES = 100_000
+_MAX_QUEUED_BATCHES = 64
+
+
+@dataclass(slots=True)
+class LogRecord:
+    """What is logged of one request. ``bytes_sent`` counts response body bytes sent to the client."""
+
+    client_ip: str
+    time: float  # epoch seconds, when the request arrived
+    method: str
+    target: str
+    version: str  # "1.1"
+    status: int
+    bytes_sent: int
+    referer: str | None
+    user_agent: str | None
+    upstream: str | None  # server id
+    duration_ms: float
+    upstream_ms: float | None
+    request_id: str
+    route: str
+    error: str | None = None
+    attempts: int = 1
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(LogRecord))
+
+
+def _escape(text: str, table: dict[int, str] = _QUOTED) -> str:
+    out = text.translate(table)
+    if out.isascii():
+        return out
+    return "".join(c if c < "\x80" else f"\\u{ord(c):04x}" if c <= "\uffff" else f"\\U{ord(c):08x}" for c in out)
+
+
+@lru_cache(maxsize=4)
+def _clf_time(second: int) -> str:
+    t = time.gmtime(second)
+    return f"[{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000]"
+
+
+def format_common(r: LogRecord) -> str:
+    """NCSA common log format: ``1.2.3.4 - - [10/Oct/2000:13:55:36 +0000] "GET /a HTTP/1.1" 200 2326``.
+
+    The size is ``-`` when no body bytes were sent, as in Apache's ``%b``.
+    """
+    request = _escape(f"{r.method} {r.target} HTTP/{r.version}")
+    size = str(r.bytes_sent) if r.bytes_sent else "-"
+    return f'{_escape(r.client_ip, _BARE) or "-"} - - {_clf_time(math.floor(r.time))} "{request}" {r.status} {size}'
+
+
+def format_combined(r: LogRecord) -> str:
+    """Combined log format, then Fulcrum's fields, exactly::
+
+        <common> "<referer>" "<user agent>" upstream=<id> duration_ms=<ms> request_id=<id>
+
+    A missing referer, user agent, upstream or request id is ``-``;
+    ``duration_ms`` has three decimals (microseconds).
+    """
+    referer = _escape(r.referer) if r.referer else "-"
+    agent = _escape(r.user_agent) if r.user_agent else "-"
+    upstream = _escape(r.upstream, _BARE) if r.upstream else "-"
+    request_id = _escape(r.request_id, _BARE) if r.request_id else "-"
+    return (
+        f'{format_common(r)} "{referer}" "{agent}" upstream={upstream} duration_ms={r.duration_ms:.3f} '
+        f"request_id={request_id}"
+    )
+
+
+def _iso_time(epoch: float) -> str:
+    second = math.floor(epoch)
+    millis = min(999, int((epoch - second) * 1000))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) + f".{millis:03d}Z"
+
+
+def format_json(r: LogRecord) -> str:
+    """One JSON object on one line (ASCII only): the fields of ``LogRecord`` by name, ``time`` as ISO-8601 UTC
+    with milliseconds (``2000-10-10T13:55:36.123Z``), missing values as null."""
+    values = {name: getattr(r, name) for name in _FIELD_NAMES}
+    values["time"] = _iso_time(r.time)
+    for key in ("duration_ms", "upstream_ms"):
+        value = values[key]
+        if value is not None and not math.isfinite(value):
+            values[key] = None  # NaN is not JSON
+    return json.dumps(values, ensure_ascii=True, separators=(",", ":"))
+
+
+FORMATS: dict[str, Callable[[LogRecord], str]] = {
+    "common": format_common,
+    "combined": format_combined,
+    "json": format_json,
+}
+
+
+def open_check(path: str) -> str | None:
+    """Why ``path`` cannot be appended to (for config validation), or None when it can. Creates nothing."""
+    if path == "-":
+        return None
+    if os.path.isdir(path):
+        return f"cannot append to {path}: it is a directory"
+    if os.path.exists(path):
+        try:
+            with open(path, "a", encoding="utf-8"):
+                return None
+        except OSError as exc:
+            return f"cannot append to {path}: {exc.strerror or exc}"
+    parent = os.path.dirname(path) or "."
+    if not os.path.isdir(parent):
+        return f"cannot create {path}: the directory {parent} does not exist"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create {path}: the directory {parent} is not writable"
+    return None
+
+
+class LogWriter:
+    """Collects log lines on the event loop and writes them from one background thread.
+
+    ``write`` only appends to a list; ``flush`` (on a periodic tick) hands the
+    lines collected to the thread in one piece. The thread opens the file
+    itself, so not even the open can stall the loop. When the file cannot be
+    written, one error is logged per failure spell and lines are dropped;
+    lines are dropped too, and counted in ``dropped``, when the thread falls
+    far behind.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.dropped = 0
+        self._pending: list[str] = []
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._queued = 0  # batches handed over; the thread counts those it took in _taken
+        self._taken = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="fulcrum-accesslog", daemon=True)
+        self._thread.start()
+
+    def write(self, line: str) -> None:
+        """Add one line (without its newline); it reaches the file after the next ``flush``."""
+        pending = self._pending
+        if len(pending) < _MAX_PENDING_LINES and not self._closed:
+            pending.append(line)
+        else:
+            self.dropped += 1
+
+    def flush(self) -> None:
+        """Hand the lines written since the last flush to the writer thread; never blocks."""
+        if not self._pending:
+            return
+        lines, self._pending = self._pending, []
+        if self._queued - self._taken >= _MAX_QUEUED_BATCHES:
+            self.dropped += len(lines)
+            return
+        self._queued += 1
+        self._queue.put("\n".join(lines) + "\n")
+
+    def close(self) -> None:
+        """Flush, let the thread write everything and stop, and close the file. Blocks until then."""
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        file: TextIO | None = None
+        failing = False
+        while (batch := self._queue.get()) is not None:
+            self._taken += 1
+            try:
+                if self.path == "-":
+                    sys.stdout.write(batch)
+                    sys.stdout.flush()
+                else:
+                    if file is None:
+                        file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open across batches
+                    file.write(batch)
+                    file.flush()
+                failing = False
+            except (OSError, ValueError) as exc:
+                if not failing:
+                    log.error("access log %s cannot be written, dropping lines: %s", self.path, exc)
+                failing = True
+                if file is not None:
+                    try:
+                        file.close()
+                    except OSError:
+                        pass
+                    file = None  # open again for the next batch
+        if file is not None:
+            try:
+                file.close()
+            except OSError as exc:
+                log.error("access log %s could not be closed: %s", self.path, exc)

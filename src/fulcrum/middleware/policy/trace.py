@@ -1,0 +1,47 @@
+"""W3C Trace Context ``traceparent`` values: checking one received, making one to send.
+
+Layout: ``<version>-<trace-id>-<parent-id>-<flags>``, all lowercase hex, for
+version 00 exactly ``00-`` + 32 + ``-`` + 16 + ``-`` + 2 characters. The trace
+id of a valid value is ``value[3:35]``.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+# Version 00 is exactly this; a later version (not ff) starts with it and may add "-..." after.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?", re.DOTALL)
+_ZERO_TRACE = "0" * 32
+_ZERO_PARENT = "0" * 16
+
+
+def valid_traceparent(value: str) -> bool:
+    """Whether ``value`` is a ``traceparent`` to keep: version 00 in its exact form, or a later version
+    (not ff) that begins with that form; trace and parent ids not all zero."""
+    match = _TRACEPARENT.fullmatch(value)
+    if match is None:
+        return False
+    version, trace_id, parent_id, rest = match.groups()
+    if version == "ff" or (version == "00" and rest is not None):
+        return False
+    return trace_id != _ZERO_TRACE and parent_id != _ZERO_PARENT
+
+
+def _random_hex(nbytes: int) -> str:
+    while True:
+        text = secrets.token_hex(nbytes)
+        if text.strip("0"):  # all zero is invalid; once in 2**64 draws at worst
+            return text
+
+
+def new_traceparent(trace_id: str | None = None) -> str:
+    """A version 00 ``traceparent`` with a new random parent id and the sampled flag (``01``).
+
+    ``trace_id`` continues a trace when it is 32 lowercase hex digits, not all
+    zero; otherwise (or when absent) a random trace id is made.
+    """
+    if trace_id is None or trace_id == _ZERO_TRACE or not _TRACE_ID.fullmatch(trace_id):
+        trace_id = _random_hex(16)
+    return f"00-{trace_id}-{_random_hex(8)}-01"
