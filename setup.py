@@ -25,6 +25,8 @@ COMPILED = [
     "src/fulcrum/http/headers.py",
     "src/fulcrum/balancing/round_robin.py",
     "src/fulcrum/routing/table.py",
+    "src/fulcrum/routing/route.py",
+    "src/fulcrum/routing/rewrite.py",
 ]
 
 

@@ -57,8 +57,12 @@ VENV_BIN = Path(sys.executable).parent  # the venv's bin/ when run as `.venv/bin
 EXPECTED_BODY = b"hello, world\n"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 DEFAULT_BASE_PORT = 19380  # below the usual ephemeral range, so wrk's own sockets never take it
-ALL_PROXIES = ("nginx", "nginx-ka1k", "fulcrum")
+ALL_PROXIES = ("nginx", "nginx-ka1k", "fulcrum", "fulcrum-mw5", "fulcrum-1k")
 DEFAULT_PROXIES = ("nginx", "fulcrum")
+#: ``--gateway``: the bare route beside a route with five built-in middlewares and a 1,000-route table.
+GATEWAY_PROXIES = ("nginx", "fulcrum", "fulcrum-mw5", "fulcrum-1k")
+#: What the gateway variants are compared with (the bare route, same Fulcrum build, same run).
+GATEWAY_TARGETS = {"fulcrum-mw5": 1.5, "fulcrum-1k": None}
 BASELINE = "nginx"
 SUBJECT = "fulcrum"
 APT_PACKAGES = {"nginx": "nginx", "wrk": "wrk", "taskset": "util-linux"}
@@ -135,6 +139,12 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         help=f"comma list of proxies to run, from {', '.join(ALL_PROXIES)} (default: {', '.join(DEFAULT_PROXIES)})",
     )
     ap.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    ap.add_argument(
+        "--gateway",
+        action="store_true",
+        help="also run Fulcrum with five built-in middlewares on its route (fulcrum-mw5) and behind a 1,000-route "
+        "table (fulcrum-1k), compared with the bare route",
+    )
     ap.add_argument("--quick", action="store_true", help="1 rep, 5 s runs, 2 s warm-up (explicit options still win)")
     ap.add_argument(
         "--base-port",
@@ -176,7 +186,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         ap.error("--fulcrum-cmd and --fulcrum-config exclude each other")
     if ns.fulcrum_config and ns.fulcrum_port is None:
         ap.error("--fulcrum-config needs --fulcrum-port (the port its listen: names)")
-    proxies = [p.strip() for p in ns.only.split(",") if p.strip()] if ns.only else list(DEFAULT_PROXIES)
+    default = GATEWAY_PROXIES if ns.gateway else DEFAULT_PROXIES
+    proxies = [p.strip() for p in ns.only.split(",") if p.strip()] if ns.only else list(default)
     unknown = [p for p in proxies if p not in ALL_PROXIES]
     if unknown or not proxies:
         ap.error(f"--only: unknown proxy {unknown}; choose from {', '.join(ALL_PROXIES)}")
@@ -592,6 +603,26 @@ def fulcrum_proxy(opts: Options, port: int) -> Proxy:
     return Proxy(SUBJECT, port, argv, "fulcrum proxy, default features")
 
 
+def gateway_config(name: str, port: int, backends: Sequence[int], run_dir: Path) -> dict[str, Any]:
+    """The config of a gateway variant: same upstreams and defaults as ``fulcrum proxy``, another route table."""
+    group = {"balance": "round_robin", "servers": [f"http://127.0.0.1:{p}" for p in backends]}
+    if name == "fulcrum-mw5":
+        middleware = [
+            {"request_id": {}},
+            {"access_log": {"format": "combined", "path": str(run_dir / "fulcrum-mw5.access.log")}},
+            {"rate_limit": {"rate": "10000000/s", "burst": 10000000}},
+            {"cors": {"allow_origins": ["https://app.example"]}},
+            {"headers": {"preset": "secure"}},
+        ]
+        routes: list[dict[str, Any]] = [{"match": {"path_prefix": "/"}, "upstream": "app", "middleware": middleware}]
+    else:  # fulcrum-1k: 999 routes that do not match (a host and prefix each), then the one that does
+        routes = [
+            {"match": {"host": f"h{i}.example.com", "path_prefix": f"/p{i}/"}, "upstream": "app"} for i in range(999)
+        ]
+        routes.append({"match": {"path_prefix": "/"}, "upstream": "app"})
+    return {"listen": [f"127.0.0.1:{port}"], "upstreams": {"app": group}, "routes": routes}
+
+
 def build_proxies(opts: Options, run_dir: Path) -> list[Proxy]:
     b1, b2, b3 = opts.ports.backends
     proxies = []
@@ -599,6 +630,15 @@ def build_proxies(opts: Options, run_dir: Path) -> list[Proxy]:
         port = proxy_port(opts, name)
         if name == SUBJECT:
             proxies.append(fulcrum_proxy(opts, port))
+            continue
+        if name in GATEWAY_TARGETS:
+            conf_path = run_dir / f"{name}.json"
+            conf_path.write_text(json.dumps(gateway_config(name, port, opts.ports.backends, run_dir), indent=1))
+            fulcrum = VENV_BIN / "fulcrum"
+            exe = str(fulcrum) if fulcrum.exists() else (shutil.which("fulcrum") or str(fulcrum))
+            note = ("five middlewares: request_id, access_log to a file, rate_limit (high), cors, headers secure"
+                    if name == "fulcrum-mw5" else "1,000 routes (host + prefix), the request matches the last")
+            proxies.append(Proxy(name, port, [exe, "run", "-c", str(conf_path)], note))
             continue
         keepalive = 1024 if name == "nginx-ka1k" else 32
         values: dict[str, object] = dict(
@@ -887,6 +927,47 @@ def verdicts(runs: list[Run], conns_list: list[int]) -> list[Verdict]:
     return out
 
 
+def gateway_ratios(runs: list[Run], conns_list: list[int], names: list[str]) -> dict[str, dict[int, dict[str, str]]]:
+    """For each gateway variant that ran beside the bare route: CPU and requests/s ratios per connection count."""
+    out: dict[str, dict[int, dict[str, str]]] = {}
+    if SUBJECT not in names:
+        return out
+    for name in GATEWAY_TARGETS:
+        if name not in names:
+            continue
+        rs = ratios(runs, conns_list, subject=name, base=SUBJECT)
+        cells: dict[int, dict[str, str]] = {}
+        for c in conns_list:
+            cell = {}
+            for metric, key in (("cpu_us_per_req", "cpu"), ("rps", "rps")):
+                r = next(x for x in rs if x.metric == metric and x.conns == c)
+                reps = ", ".join(f"{v:.2f}" for v in r.per_rep)
+                cell[key] = f"{_fmt(r.median, '.2f')} [{reps}]" if r.per_rep else "-"
+            cells[c] = cell
+        out[name] = cells
+    return out
+
+
+def gateway_verdicts(runs: list[Run], conns_list: list[int], names: list[str]) -> list[Verdict]:
+    """The gateway target: five built-in middlewares cost at most 1.5x the bare route's CPU per request."""
+    out = []
+    for name, limit in GATEWAY_TARGETS.items():
+        if limit is None or name not in names or SUBJECT not in names:
+            continue
+        rs = ratios(runs, conns_list, subject=name, base=SUBJECT)
+        for c in conns_list:
+            value = _ratio_value(rs, "cpu_us_per_req", c)
+            target = f"CPU µs/request, {name}/{SUBJECT}"
+            if value is None:
+                out.append(Verdict(target, str(c), "not measured", f"≤ {limit}", "n/a"))
+            else:
+                out.append(Verdict(target, str(c), f"{value:.2f}", f"≤ {limit}", "PASS" if value <= limit else "MISS"))
+        errs = sum(r.errors for r in runs if r.proxy == name)
+        result = "PASS" if errs == 0 else "MISS"
+        out.append(Verdict(f"errors (socket + non-2xx), {name}", "all", str(errs), "= 0", result))
+    return out
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -927,6 +1008,18 @@ def markdown_report(meta: dict[str, Any], rows: list[Row], rs: list[Ratio], vs: 
                 reps = ", ".join(f"{v:.2f}" for v in ratio.per_rep)
                 cells.append(f"{_fmt(ratio.median, '.2f')} [{reps}]" if ratio.per_rep else "-")
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    gateway = meta.get("gateway_ratios") or {}
+    if gateway:
+        lines += [
+            "",
+            f"Gateway variants / the bare route ({SUBJECT}), CPU µs per request (median of per-rep ratios):",
+            "",
+            "| variant | conns | CPU µs/req ratio | requests/s ratio |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, by_conns in gateway.items():
+            for c, cell in by_conns.items():
+                lines.append(f"| {name} | {c} | {cell['cpu']} | {cell['rps']} |")
     if vs:
         lines += ["", "Targets:", "", "| target | conns | measured | target | result |", "|---|---:|---:|---:|---|"]
         lines += [f"| {v.target} | {v.conns} | {v.measured} | {v.limit} | {v.result} |" for v in vs]
@@ -1186,6 +1279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     have_pair = SUBJECT in names and BASELINE in names
     rs = ratios(runs, opts.conns) if have_pair else []
     vs = verdicts(runs, opts.conns) if SUBJECT in names else []
+    vs += gateway_verdicts(runs, opts.conns, names)
     if not have_pair:
         vs = [v for v in vs if "nginx" not in v.target]
     if SUBJECT in opts.proxies:
@@ -1207,6 +1301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for p in proxies
         },
         "failed_to_start": [p.name for p in proxies if p not in ready],
+        "gateway_ratios": gateway_ratios(runs, opts.conns, names),
         "environment": environment(),
         "run_dir": str(run_dir),
     }
