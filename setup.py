@@ -27,6 +27,13 @@ COMPILED = [
     "src/fulcrum/routing/table.py",
     "src/fulcrum/routing/route.py",
     "src/fulcrum/routing/rewrite.py",
+    "src/fulcrum/middleware/api.py",
+    "src/fulcrum/middleware/chain.py",
+    "src/fulcrum/middleware/builtins.py",
+    "src/fulcrum/middleware/policy/accesslog.py",
+    "src/fulcrum/middleware/policy/trace.py",
+    "src/fulcrum/middleware/policy/ratelimit.py",
+    "src/fulcrum/middleware/policy/cors.py",
 ]
 
 

@@ -16,10 +16,11 @@ from fulcrum.middleware.policy.compress import DEFAULT_TYPES, available_encoding
 from fulcrum.middleware.policy.cors import CorsPolicy
 from fulcrum.middleware.policy.ipfilter import IpFilter, Network, client_address
 from fulcrum.middleware.policy.ratelimit import TokenBuckets, retry_after_header
-from fulcrum.middleware.policy.trace import new_traceparent, valid_traceparent
+from fulcrum.middleware.policy.trace import new_parent_id, new_traceparent, valid_traceparent
 
 _TEXT = "text/plain; charset=utf-8"
 _HEX32 = re.compile(r"[0-9a-f]{32}")
+_ZERO32 = "0" * 32
 
 
 def _text(status: int, message: str, extra: Sequence[tuple[str, str]] = ()) -> Response:
@@ -43,7 +44,11 @@ class RequestId(Builtin):
             if current is not None:
                 req.headers.popall("traceparent", None)
             rid = req.request_id
-            req.add_header("traceparent", new_traceparent(rid if _HEX32.fullmatch(rid) else None))
+            if len(rid) == 32 and _HEX32.fullmatch(rid) is not None and rid != _ZERO32:
+                line = b"traceparent: 00-" + rid.encode("ascii") + b"-" + new_parent_id() + b"-01\r\n"
+                req.add_line(line)
+            else:
+                req.add_header("traceparent", new_traceparent(None))
         return None
 
 
@@ -276,13 +281,21 @@ class HeadersMiddleware(Builtin):
         ) if cut else None
         self.append = b"".join(f"\r\n{k}: {v}".encode("latin-1") for k, v in set_.items())
         self.preset = preset
+        # the preset's lines, each with the lower-case b"\r\nname:" that shows the response has it already
+        self.absent_lines = tuple(
+            (b"\r\n" + k.lower().encode("latin-1") + b":", f"\r\n{k}: {v}".encode("latin-1")) for k, v in self.if_absent
+        )
 
     def on_response(self, req: Request, resp: Response) -> None:
         append = self.append
-        if self.if_absent:
-            extra = [f"\r\n{k}: {v}".encode("latin-1") for k, v in self.if_absent if resp.header(k) is None]
-            if extra:
-                append = append + b"".join(extra)
+        if self.absent_lines:
+            low = resp.lowered()
+            for key, line in self.absent_lines:
+                if low is not None:
+                    if key not in low:
+                        append += line
+                elif resp.header(key[2:-1].decode("latin-1")) is None:
+                    append += line
         resp.edit_raw(self.pattern, append)
 
     def describe(self) -> str:

@@ -13,12 +13,12 @@ import logging
 import math
 import os
 import queue
+import re
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from functools import lru_cache
 from typing import TextIO
 
 log = logging.getLogger("fulcrum.accesslog")
@@ -55,17 +55,42 @@ class LogRecord:
 _FIELD_NAMES = tuple(f.name for f in fields(LogRecord))
 
 
+_SAFE_QUOTED = re.compile(r'[ !#-\[\]-~]*')  # printable ASCII but " and \: nothing to escape
+_SAFE_BARE = re.compile(r'[!#-\[\]-~]*')
+
+
 def _escape(text: str, table: dict[int, str] = _QUOTED) -> str:
+    if (_SAFE_QUOTED if table is _QUOTED else _SAFE_BARE).fullmatch(text) is not None:
+        return text
     out = text.translate(table)
     if out.isascii():
         return out
     return "".join(c if c < "\x80" else f"\\u{ord(c):04x}" if c <= "\uffff" else f"\\U{ord(c):08x}" for c in out)
 
 
-@lru_cache(maxsize=4)
+class _ClfClock:
+    """The bracketed CLF time of the last second asked for, formatted once per second."""
+
+    __slots__ = ("second", "text")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.text = ""
+
+    def at(self, second: int) -> str:
+        if second != self.second:
+            t = time.gmtime(second)
+            self.text = (f"[{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:{t.tm_hour:02d}:{t.tm_min:02d}:"
+                         f"{t.tm_sec:02d} +0000]")
+            self.second = second
+        return self.text
+
+
+_CLOCK = _ClfClock()
+
+
 def _clf_time(second: int) -> str:
-    t = time.gmtime(second)
-    return f"[{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000]"
+    return _CLOCK.at(second)
 
 
 def format_common(r: LogRecord) -> str:
@@ -73,9 +98,10 @@ def format_common(r: LogRecord) -> str:
 
     The size is ``-`` when no body bytes were sent, as in Apache's ``%b``.
     """
-    request = _escape(f"{r.method} {r.target} HTTP/{r.version}")
+    request = _escape(r.method + " " + r.target + " HTTP/" + r.version)
     size = str(r.bytes_sent) if r.bytes_sent else "-"
-    return f'{_escape(r.client_ip, _BARE) or "-"} - - {_clf_time(math.floor(r.time))} "{request}" {r.status} {size}'
+    return (_escape(r.client_ip, _BARE) or "-") + " - - " + _CLOCK.at(int(r.time)) + ' "' + request + '" ' + \
+        str(r.status) + " " + size
 
 
 def format_combined(r: LogRecord) -> str:
@@ -90,10 +116,8 @@ def format_combined(r: LogRecord) -> str:
     agent = _escape(r.user_agent) if r.user_agent else "-"
     upstream = _escape(r.upstream, _BARE) if r.upstream else "-"
     request_id = _escape(r.request_id, _BARE) if r.request_id else "-"
-    return (
-        f'{format_common(r)} "{referer}" "{agent}" upstream={upstream} duration_ms={r.duration_ms:.3f} '
-        f"request_id={request_id}"
-    )
+    return (format_common(r) + ' "' + referer + '" "' + agent + '" upstream=' + upstream + " duration_ms="
+            + f"{r.duration_ms:.3f}" + " request_id=" + request_id)
 
 
 def _iso_time(epoch: float) -> str:
@@ -160,8 +184,8 @@ class LogWriter:
         self._queued = 0  # batches handed over; the thread counts those it took in _taken
         self._taken = 0
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="fulcrum-accesslog", daemon=True)
-        self._thread.start()
+        self._worker = threading.Thread(target=self._run, name="fulcrum-accesslog", daemon=True)
+        self._worker.start()
 
     def write(self, line: str) -> None:
         """Add one line (without its newline); it reaches the file after the next ``flush``."""
@@ -189,7 +213,7 @@ class LogWriter:
         self.flush()
         self._closed = True
         self._queue.put(None)
-        self._thread.join()
+        self._worker.join()
 
     def _run(self) -> None:
         file: TextIO | None = None

@@ -7,6 +7,7 @@ id of a valid value is ``value[3:35]``.
 
 from __future__ import annotations
 
+import random
 import re
 import secrets
 
@@ -29,11 +30,15 @@ def valid_traceparent(value: str) -> bool:
     return trace_id != _ZERO_TRACE and parent_id != _ZERO_PARENT
 
 
+# Ids only need to be unique, not secret: a PRNG seeded from the OS once, no system call per request.
+_RANDOM = random.Random(secrets.randbits(128))
+
+
 def _random_hex(nbytes: int) -> str:
     while True:
-        text = secrets.token_hex(nbytes)
-        if text.strip("0"):  # all zero is invalid; once in 2**64 draws at worst
-            return text
+        value = _RANDOM.getrandbits(nbytes * 8)
+        if value:  # all zero is invalid; once in 2**64 draws at worst
+            return f"{value:0{nbytes * 2}x}"
 
 
 def new_traceparent(trace_id: str | None = None) -> str:
@@ -45,3 +50,8 @@ def new_traceparent(trace_id: str | None = None) -> str:
     if trace_id is None or trace_id == _ZERO_TRACE or not _TRACE_ID.fullmatch(trace_id):
         trace_id = _random_hex(16)
     return f"00-{trace_id}-{_random_hex(8)}-01"
+
+
+def new_parent_id() -> bytes:
+    """A random parent id (16 lowercase hex digits, not all zero), as bytes for a header line."""
+    return _random_hex(8).encode("ascii")
