@@ -45,7 +45,7 @@ class Request:
     """One request as middleware sees it: method, path, query, headers, client address, route name."""
 
     __slots__ = ("_headers", "_lines", "_path", "_query", "_state", "_target", "body_limit", "client_ip",
-                 "content_length", "method", "peer_ip", "request_id", "route", "target_changed")
+                 "content_length", "forwarded_for", "method", "peer_ip", "request_id", "route", "target_changed")
 
     def __init__(self, method: str, target: bytes, lines: list[bytes], client_ip: str, route: str,
                  request_id: str) -> None:
@@ -62,6 +62,8 @@ class Request:
         self._state: dict[str, Any] | None = None
         #: the client connection's address; ``client_ip`` is the same unless a trusted proxy forwarded it
         self.peer_ip = client_ip
+        #: the X-Forwarded-For the client sent (all lines joined), or None; Fulcrum writes its own upstream
+        self.forwarded_for: str | None = None
         #: the request body's Content-Length, -1 when chunked or absent
         self.content_length = -1
         #: set by ``max_body``: the largest request body to accept (0 = no limit of the route's own)

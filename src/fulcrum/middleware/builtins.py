@@ -90,7 +90,7 @@ class RateLimit(Builtin):
     def on_request(self, req: Request) -> Response | None:
         key = self.key
         if key == "ip":
-            value = client_address(req.peer_ip, req.header("x-forwarded-for"), self.trusted) if self.trusted \
+            value = client_address(req.peer_ip, req.forwarded_for, self.trusted) if self.trusted \
                 else req.client_ip
         elif key == "route":
             value = self.route
@@ -116,7 +116,7 @@ class IpFilterMiddleware(Builtin):
         self.trusted = tuple(trusted)
 
     def on_request(self, req: Request) -> Response | None:
-        ip = client_address(req.peer_ip, req.header("x-forwarded-for"), self.trusted) if self.trusted \
+        ip = client_address(req.peer_ip, req.forwarded_for, self.trusted) if self.trusted \
             else req.client_ip
         if self.filter.allowed(ip):
             return None

@@ -215,6 +215,8 @@ class Exchange:
             req = self.req = Request(self.method.decode("latin-1"), self.target, self.headers, client.client_ip,
                                      route.name, self.rid.decode("latin-1"))
             req.content_length = self.cl
+            if self.xff is not None:
+                req.forwarded_for = self.xff.decode("latin-1")
             if not chain.sync:
                 self.task = ctx.loop.create_task(self._run_chain(chain, req))
                 return
@@ -849,16 +851,15 @@ class Exchange:
                 self.response_body(chunk)
             self.flush()
             complete = self.held_complete
+            conn = complete if complete is not None else self.upstream
+            if conn is not None and conn.transport is not None:  # paused while the head was held
+                conn.transport.resume_reading()
             if complete is not None:
                 self.held_complete = None
                 self.response_complete(complete)
                 return
             if self.held_lost:
                 self._lost_after_head()
-                return
-            conn = self.upstream
-            if conn is not None and conn.transport is not None:
-                conn.transport.resume_reading()
             return
         # an answer of the middleware's own: whatever the upstream sent is dropped
         self.held = False

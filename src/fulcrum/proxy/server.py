@@ -186,6 +186,7 @@ class ProxyServer:
         if self._timer is not None:
             self._timer.cancel()
         ctx.access_log.flush()
+        ctx.snapshot.gateway.close()  # access-log writers write what they hold and stop
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
