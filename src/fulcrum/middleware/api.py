@@ -287,11 +287,18 @@ class Response:
         else:
             self.headers.popall(name, None)
 
-    def edit_raw(self, pattern: re.Pattern[bytes] | None, append: bytes) -> None:
+    def edit_raw(self, pattern: re.Pattern[bytes] | None, append: bytes, keys: tuple[bytes, ...] = ()) -> None:
         """Cut the lines ``pattern`` finds and append ``append`` (``b"\\r\\nName: value..."``): the built-ins'
-        one-pass edit; falls back to the mapping once a middleware built it."""
+        one-pass edit; falls back to the mapping once a middleware built it. ``keys`` (``b"\\r\\nname:"``,
+        lower-case) are what ``pattern`` looks for: when the head holds none of them the regex is skipped."""
         if self._headers is None and self._head is not None:
             head = self._head
+            if pattern is not None and keys:
+                low = self._low
+                if low is None:
+                    low = self._low = head.lower()
+                if not any(key in low for key in keys):
+                    pattern = None
             if pattern is not None:
                 head = pattern.sub(b"", head)
             self._head = head + append if append else head

@@ -280,6 +280,7 @@ class HeadersMiddleware(Builtin):
             re.IGNORECASE,
         ) if cut else None
         self.append = b"".join(f"\r\n{k}: {v}".encode("latin-1") for k, v in set_.items())
+        self.cut_keys = tuple(b"\r\n" + n.lower().encode("latin-1") + b":" for n in cut)
         self.preset = preset
         # the preset's lines, each with the lower-case b"\r\nname:" that shows the response has it already
         self.absent_lines = tuple(
@@ -296,7 +297,7 @@ class HeadersMiddleware(Builtin):
                         append += line
                 elif resp.header(key[2:-1].decode("latin-1")) is None:
                     append += line
-        resp.edit_raw(self.pattern, append)
+        resp.edit_raw(self.pattern, append, self.cut_keys)
 
     def describe(self) -> str:
         return f"headers(preset {self.preset})" if self.preset else "headers"

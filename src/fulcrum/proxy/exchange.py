@@ -18,6 +18,7 @@ from fulcrum.health.budget import retryable
 from fulcrum.http.headers import forwarded_node, is_trusted, split_host
 from fulcrum.http.status import NO_BODY_STATUSES, REASONS, error_response
 from fulcrum.middleware.api import Request, Response
+from fulcrum.middleware.chain import Chain
 from fulcrum.middleware.policy.accesslog import LogRecord
 from fulcrum.proxy.guards import FAILURE_OUTCOME, status_outcome
 from fulcrum.proxy.upstream import (
@@ -208,7 +209,7 @@ class Exchange:
             self.respond_error(404, "no route matches this request")
             return
         self.route = route
-        chain = route.chain
+        chain: Chain | None = route.chain
         if chain is not None:
             if chain.loggers and not self.t0:
                 self.t0 = ctx.loop.time()
@@ -458,8 +459,8 @@ class Exchange:
             resp = Response.upstream(status, head)
             edits = route.response_headers
             if edits is not None:
-                resp.edit_raw(edits.pattern, b"".join([b"\r\n" + line for line in edits.append]))
-            chain = route.chain
+                resp.edit_raw(edits.pattern, edits.raw_append, edits.keys)
+            chain: Chain | None = route.chain
             if chain is not None:
                 if not chain.sync:
                     waiter = self.waiter
@@ -472,7 +473,7 @@ class Exchange:
                             conn.transport.pause_reading()
                         waiter.set_result(resp)
                         return
-                else:
+                elif self.req is not None:
                     chain.on_response(self.req, resp)
             try:
                 head = resp.head_bytes()
@@ -757,12 +758,12 @@ class Exchange:
                     self.resp = None
                     waiter.set_result(resp)
                 return
-            chain = route.chain
-            if chain is not None and chain.sync:
+            chain: Chain | None = route.chain
+            if chain is not None and chain.sync and self.req is not None:
                 chain.on_error(self.req, resp)
         if route is not None and route.response_headers is not None and hooks:
             edits = route.response_headers
-            resp.edit_raw(edits.pattern, b"".join([b"\r\n" + line for line in edits.append]))
+            resp.edit_raw(edits.pattern, edits.raw_append, edits.keys)
         try:
             head = resp.head_bytes()
         except ValueError as err:
@@ -801,7 +802,7 @@ class Exchange:
             headers.append((name.decode("latin-1"), value.strip().decode("latin-1")))
         return Response(answer.status, answer.body, headers)
 
-    async def _run_chain(self, chain: Any, req: Request) -> None:
+    async def _run_chain(self, chain: Chain, req: Request) -> None:
         try:
             resp = await chain.run(req, self._call_next)
         except asyncio.CancelledError:
@@ -877,22 +878,22 @@ class Exchange:
         agent = req.header("user-agent") if req is not None else None
         route = self.route
         return LogRecord(
-            client_ip=self.client.client_ip,
-            time=time.time(),
-            method=self.method.decode("latin-1"),
-            target=req.target.decode("latin-1") if req is not None else self.target.decode("latin-1"),
-            version="1.1" if self.version11 else "1.0",
-            status=self.status,
-            bytes_sent=self.bytes_out,
-            referer=referer,
-            user_agent=agent,
-            upstream=self.server.id if self.server is not None else None,
-            duration_ms=(now - self.t0) * 1000.0 if self.t0 else 0.0,
-            upstream_ms=(now - self.sent_at) * 1000.0 if self.sent_at else None,
-            request_id=self.rid.decode("latin-1"),
-            route=route.name if route is not None else "-",
-            error=self.error or None,
-            attempts=self.attempts,
+            self.client.client_ip,
+            time.time(),
+            req.method if req is not None else self.method.decode("latin-1"),
+            req.target.decode("latin-1") if req is not None else self.target.decode("latin-1"),
+            "1.1" if self.version11 else "1.0",
+            self.status,
+            self.bytes_out,
+            referer,
+            agent,
+            self.server.id if self.server is not None else None,
+            (now - self.t0) * 1000.0 if self.t0 else 0.0,
+            (now - self.sent_at) * 1000.0 if self.sent_at else None,
+            req.request_id if req is not None else self.rid.decode("latin-1"),
+            route.name if route is not None else "-",
+            self.error or None,
+            self.attempts,
         )
 
     def end(self) -> None:
@@ -907,11 +908,12 @@ class Exchange:
             self.task = None
             task.cancel()
         route = self.route
-        if route is not None and route.chain is not None and route.chain.loggers:
+        logged: Chain | None = route.chain if route is not None else None
+        if logged is not None and logged.loggers:
             try:
-                route.chain.log(self._log_record())
+                logged.log(self._log_record())
             except Exception:
-                log.exception("access log of route %s failed", route.name)
+                log.exception("access log of route %s failed", route.name if route is not None else "?")
         if self.deadline:
             self.deadline = 0.0
             ctx.timed.discard(self)

@@ -23,7 +23,13 @@ def header_edits(
     if cut:
         names = b"|".join(re.escape(n) for n in sorted(cut))
         pattern = re.compile(rb"\r\n(?:" + names + rb")[ \t]*:[^\r\n]*", re.IGNORECASE)
-    return HeaderEdits(cut=frozenset(cut), append=append, pattern=pattern)
+    return HeaderEdits(
+        cut=frozenset(cut),
+        append=append,
+        pattern=pattern,
+        raw_append=b"".join(b"\r\n" + line for line in append),
+        keys=tuple(b"\r\n" + name + b":" for name in sorted(cut)),
+    )
 
 
 def edit_lines(lines: list[bytes], edits: HeaderEdits) -> list[bytes]:

@@ -32,6 +32,8 @@ class HeaderEdits:
     cut: frozenset[bytes] = frozenset()
     append: tuple[bytes, ...] = ()
     pattern: re.Pattern[bytes] | None = None
+    raw_append: bytes = b""  # ``append`` as it joins a raw head: b"\r\nName: value..."
+    keys: tuple[bytes, ...] = ()  # b"\r\nname:" of each cut name, to skip ``pattern`` when none is there
 
     @property
     def empty(self) -> bool:

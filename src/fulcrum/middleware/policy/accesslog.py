@@ -93,15 +93,37 @@ def _clf_time(second: int) -> str:
     return _CLOCK.at(second)
 
 
+def _quoted(text: str) -> str:
+    """``text`` for a double-quoted field (the common case, printable ASCII without quotes, as it is)."""
+    return text if _SAFE_QUOTED.fullmatch(text) is not None else _escape(text, _QUOTED)
+
+
+def _bare(text: str) -> str:
+    return text if _SAFE_BARE.fullmatch(text) is not None else _escape(text, _BARE)
+
+
+def _millis(ms: float) -> str:
+    """``ms`` with three decimals, without the cost of float formatting."""
+    if not 0.0 <= ms < 1e12:
+        return f"{ms:.3f}"
+    digits = str(int(ms * 1000.0 + 0.5))
+    if len(digits) < 4:
+        digits = "0" * (4 - len(digits)) + digits
+    return digits[:-3] + "." + digits[-3:]
+
+
+def _common(r: LogRecord) -> str:
+    size = str(r.bytes_sent) if r.bytes_sent else "-"
+    return (f'{_bare(r.client_ip) or "-"} - - {_CLOCK.at(int(r.time))} "{_quoted(r.method)} {_quoted(r.target)} '
+            f'HTTP/{r.version}" {r.status} {size}')
+
+
 def format_common(r: LogRecord) -> str:
     """NCSA common log format: ``1.2.3.4 - - [10/Oct/2000:13:55:36 +0000] "GET /a HTTP/1.1" 200 2326``.
 
     The size is ``-`` when no body bytes were sent, as in Apache's ``%b``.
     """
-    request = _escape(r.method + " " + r.target + " HTTP/" + r.version)
-    size = str(r.bytes_sent) if r.bytes_sent else "-"
-    return (_escape(r.client_ip, _BARE) or "-") + " - - " + _CLOCK.at(int(r.time)) + ' "' + request + '" ' + \
-        str(r.status) + " " + size
+    return _common(r)
 
 
 def format_combined(r: LogRecord) -> str:
@@ -112,12 +134,12 @@ def format_combined(r: LogRecord) -> str:
     A missing referer, user agent, upstream or request id is ``-``;
     ``duration_ms`` has three decimals (microseconds).
     """
-    referer = _escape(r.referer) if r.referer else "-"
-    agent = _escape(r.user_agent) if r.user_agent else "-"
-    upstream = _escape(r.upstream, _BARE) if r.upstream else "-"
-    request_id = _escape(r.request_id, _BARE) if r.request_id else "-"
-    return (format_common(r) + ' "' + referer + '" "' + agent + '" upstream=' + upstream + " duration_ms="
-            + f"{r.duration_ms:.3f}" + " request_id=" + request_id)
+    referer = _quoted(r.referer) if r.referer else "-"
+    agent = _quoted(r.user_agent) if r.user_agent else "-"
+    upstream = _bare(r.upstream) if r.upstream else "-"
+    request_id = _bare(r.request_id) if r.request_id else "-"
+    return (f'{_common(r)} "{referer}" "{agent}" upstream={upstream} duration_ms={_millis(r.duration_ms)} '
+            f"request_id={request_id}")
 
 
 def _iso_time(epoch: float) -> str:

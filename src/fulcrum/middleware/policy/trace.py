@@ -54,4 +54,5 @@ def new_traceparent(trace_id: str | None = None) -> str:
 
 def new_parent_id() -> bytes:
     """A random parent id (16 lowercase hex digits, not all zero), as bytes for a header line."""
-    return _random_hex(8).encode("ascii")
+    value = _RANDOM.getrandbits(64) or 1
+    return value.to_bytes(8, "big").hex().encode("ascii")
