@@ -37,7 +37,8 @@ def is_bcrypt_hash(value: str) -> bool:
 
 def _dummy_hash(cost: int) -> bytes:
     # A random salt with an arbitrary checksum: checkpw does the full work, then never matches.
-    return bcrypt.gensalt(rounds=cost) + b"." * 31
+    salt: bytes = bcrypt.gensalt(rounds=cost)
+    return salt + b"." * 31
 
 
 class BasicAuth:

@@ -21,7 +21,7 @@ try:
 except ImportError:  # optional
     HAVE_BROTLI = False
 try:
-    import zstandard  # type: ignore[import-not-found, unused-ignore]
+    import zstandard  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
     HAVE_ZSTD = True
 except ImportError:  # optional
@@ -159,13 +159,16 @@ class _Zstd:
         self._c = zstandard.ZstdCompressor(compression_params=params).compressobj()
 
     def compress(self, data: bytes) -> bytes:
-        return self._c.compress(data)
+        out: bytes = self._c.compress(data)
+        return out
 
     def flush(self) -> bytes:
-        return self._c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        out: bytes = self._c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        return out
 
     def finish(self) -> bytes:
-        return self._c.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
+        out: bytes = self._c.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH)
+        return out
 
 
 def new_encoder(coding: str, level: int | None = None) -> Encoder:
