@@ -21,8 +21,7 @@ with a request carrying 14 browser headers). The same configs as ``run.py --gate
 
 ``--callgrind`` runs this script twice under ``valgrind --tool=callgrind`` with N and 2N requests
 and prints (I(2N) - I(N)) / N instructions per request: start-up and warm-up cancel out, and the
-figure does not move with the machine's load as wall time does (about 1% between runs; ``mw5`` can move
-more, as its access log's writer thread takes the GIL when wall time says so). The figures include the
+figure does not move with the machine's load as wall time does (about 1% between runs). The figures include the
 driver's own work per request (a few bytes comparisons, about 0.6 µs in pure Python), the same in every
 config.
 """

@@ -297,7 +297,12 @@ class Response:
                 low = self._low
                 if low is None:
                     low = self._low = head.lower()
-                if not any(key in low for key in keys):
+                found = False
+                for key in keys:
+                    if low.find(key) >= 0:
+                        found = True
+                        break
+                if not found:
                     pattern = None
             if pattern is not None:
                 head = pattern.sub(b"", head)

@@ -283,20 +283,23 @@ class HeadersMiddleware(Builtin):
         self.cut_keys = tuple(b"\r\n" + n.lower().encode("latin-1") + b":" for n in cut)
         self.preset = preset
         # the preset's lines, each with the lower-case b"\r\nname:" that shows the response has it already
-        self.absent_lines = tuple(
+        self.absent_lines: tuple[tuple[bytes, bytes], ...] = tuple(
             (b"\r\n" + k.lower().encode("latin-1") + b":", f"\r\n{k}: {v}".encode("latin-1")) for k, v in self.if_absent
         )
 
     def on_response(self, req: Request, resp: Response) -> None:
         append = self.append
-        if self.absent_lines:
+        absent = self.absent_lines
+        if absent:
             low = resp.lowered()
-            for key, line in self.absent_lines:
+            parts = [append]
+            for pair in absent:
                 if low is not None:
-                    if key not in low:
-                        append += line
-                elif resp.header(key[2:-1].decode("latin-1")) is None:
-                    append += line
+                    if low.find(pair[0]) < 0:
+                        parts.append(pair[1])
+                elif resp.header(pair[0][2:-1].decode("latin-1")) is None:
+                    parts.append(pair[1])
+            append = b"".join(parts)
         resp.edit_raw(self.pattern, append, self.cut_keys)
 
     def describe(self) -> str:
