@@ -113,8 +113,9 @@ def _millis(ms: float) -> str:
 
 
 def _common(r: LogRecord) -> str:
+    # the method is an HTTP token and the client address came from the socket: only the target needs a look
     size = str(r.bytes_sent) if r.bytes_sent else "-"
-    return (f'{_bare(r.client_ip) or "-"} - - {_CLOCK.at(int(r.time))} "{_quoted(r.method)} {_quoted(r.target)} '
+    return (f'{r.client_ip or "-"} - - {_CLOCK.at(int(r.time))} "{r.method} {_quoted(r.target)} '
             f'HTTP/{r.version}" {r.status} {size}')
 
 
