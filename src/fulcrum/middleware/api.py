@@ -45,7 +45,8 @@ class Request:
     """One request as middleware sees it: method, path, query, headers, client address, route name."""
 
     __slots__ = ("_headers", "_lines", "_path", "_query", "_state", "_target", "body_limit", "client_ip",
-                 "content_length", "forwarded_for", "method", "peer_ip", "request_id", "route", "target_changed")
+                 "content_length", "forwarded_for", "method", "own_id", "peer_ip", "request_id", "route",
+                 "target_changed")
 
     def __init__(self, method: str, target: bytes, lines: list[bytes], client_ip: str, route: str,
                  request_id: str) -> None:
@@ -62,6 +63,8 @@ class Request:
         self._state: dict[str, Any] | None = None
         #: the client connection's address; ``client_ip`` is the same unless a trusted proxy forwarded it
         self.peer_ip = client_ip
+        #: the request id as bytes when Fulcrum made it (32 lowercase hex digits), else None
+        self.own_id: bytes | None = None
         #: the X-Forwarded-For the client sent (all lines joined), or None; Fulcrum writes its own upstream
         self.forwarded_for: str | None = None
         #: the request body's Content-Length, -1 when chunked or absent
@@ -154,6 +157,23 @@ class Request:
             if line[:n].lower() == key:
                 return line[n:].strip().decode("latin-1")
         return None
+
+    def header_pair(self, first: str, second: str) -> tuple[str | None, str | None]:
+        """The first values of two headers in one pass over the raw lines (the access log's referer and agent)."""
+        if self._headers is not None:
+            return self._headers.get(first), self._headers.get(second)
+        key1 = first.lower().encode("latin-1") + b":"
+        key2 = second.lower().encode("latin-1") + b":"
+        n1 = len(key1)
+        n2 = len(key2)
+        one: str | None = None
+        two: str | None = None
+        for line in self._lines:
+            if one is None and line[:n1].lower() == key1:
+                one = line[n1:].strip().decode("latin-1")
+            elif two is None and line[:n2].lower() == key2:
+                two = line[n2:].strip().decode("latin-1")
+        return one, two
 
     def add_header(self, name: str, value: str) -> None:
         """Append one header line (cheap: no mapping is built)."""

@@ -43,8 +43,11 @@ class RequestId(Builtin):
         if current is None or not valid_traceparent(current):
             if current is not None:
                 req.headers.popall("traceparent", None)
+            own = req.own_id
             rid = req.request_id
-            if len(rid) == 32 and _HEX32.fullmatch(rid) is not None and rid != _ZERO32:
+            if own is not None:
+                req.add_line(b"traceparent: 00-" + own + b"-" + new_parent_id() + b"-01\r\n")
+            elif len(rid) == 32 and _HEX32.fullmatch(rid) is not None and rid != _ZERO32:
                 line = b"traceparent: 00-" + rid.encode("ascii") + b"-" + new_parent_id() + b"-01\r\n"
                 req.add_line(line)
             else:

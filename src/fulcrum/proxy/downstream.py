@@ -284,6 +284,7 @@ class ClientConnection(asyncio.Protocol):
         if not ex.rid:
             ids = self.ctx.ids
             ex.rid = ids.prefix + b"%016x" % next(ids.counter)
+            ex.rid_own = True
         # a request without a body is complete with its head: an answer made now keeps the connection
         ex.phase = BODY if ex.cl > 0 or ex.chunked_in else DONE
         if self.current is None:

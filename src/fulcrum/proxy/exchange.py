@@ -103,6 +103,7 @@ class Exchange:
         "resp_mode",
         "resp_started",
         "rid",
+        "rid_own",
         "route",
         "sent_at",
         "server",
@@ -141,6 +142,7 @@ class Exchange:
         self.xfh: bytes | None = None
         self.fwd: bytes | None = None
         self.rid: bytes = b""
+        self.rid_own = False  # the id was made here: 32 lowercase hex digits
         self.cookie: bytes | None = None
         self.expect = False
         self.phase = HEAD
@@ -216,6 +218,8 @@ class Exchange:
             req = self.req = Request(self.method.decode("latin-1"), self.target, self.headers, client.client_ip,
                                      route.name, self.rid.decode("latin-1"))
             req.content_length = self.cl
+            if self.rid_own:
+                req.own_id = self.rid
             if self.xff is not None:
                 req.forwarded_for = self.xff.decode("latin-1")
             if not chain.sync:
@@ -874,8 +878,7 @@ class Exchange:
         ctx = self.client.ctx
         now = ctx.loop.time()
         req = self.req
-        referer = req.header("referer") if req is not None else None
-        agent = req.header("user-agent") if req is not None else None
+        referer, agent = req.header_pair("referer", "user-agent") if req is not None else (None, None)
         route = self.route
         return LogRecord(
             self.client.client_ip,
