@@ -27,7 +27,7 @@ test-pure: $(STAMP)
 	FULCRUM_PURE=1 $(PY) -m pytest -q; status=$$?; cp -r build/compiled-aside/src . && rm -rf build/compiled-aside; exit $$status
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks setup.py
+	$(VENV)/bin/ruff check src tests benchmarks examples setup.py
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)

@@ -552,16 +552,20 @@ class Exchange:
             self.client.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
 
+    def _finish_body_filter(self) -> None:
+        """The body ended: the encoder's last bytes go out before the framing's end."""
+        encoder = self.body_filter
+        self.body_filter = None
+        tail = encoder.finish()
+        if tail:
+            self.response_body(tail)
+
     def response_complete(self, conn: UpstreamConnection) -> None:
         if self.held:
             self.held_complete = conn
             return
-        encoder = self.body_filter
-        if encoder is not None:
-            self.body_filter = None
-            tail = encoder.finish()
-            if tail:
-                self.response_body(tail)
+        if self.body_filter is not None:
+            self._finish_body_filter()
         if self.chunk_out:
             self.out.append(LAST_CHUNK)
         self.flush()
@@ -606,12 +610,8 @@ class Exchange:
     def _lost_after_head(self) -> None:
         """The upstream closed after its head: the end of a close-delimited body, else a truncation."""
         if self.resp_mode == UNTIL_CLOSE:  # the close is the end of this body
-            encoder = self.body_filter
-            if encoder is not None:
-                self.body_filter = None
-                tail = encoder.finish()
-                if tail:
-                    self.response_body(tail)
+            if self.body_filter is not None:
+                self._finish_body_filter()
             if self.chunk_out:
                 self.out.append(LAST_CHUNK)
             self.flush()
