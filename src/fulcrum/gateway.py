@@ -32,6 +32,7 @@ from fulcrum.middleware.builtins import (
 from fulcrum.middleware.chain import Chain
 from fulcrum.middleware.policy.accesslog import LogWriter, open_check
 from fulcrum.middleware.policy.cors import CorsPolicy
+from fulcrum.middleware.policy.ratelimit import BucketsFactory, memory_buckets
 from fulcrum.routing import RouteTable
 from fulcrum.routing.rewrite import header_edits
 from fulcrum.routing.route import Answer, HeaderMatch, PathRewrite, Route
@@ -66,14 +67,18 @@ class _Problems:
         self.items.append((loc, message))
 
 
-def build_gateway(config: Config, source: str = "config") -> Gateway:
-    """The compiled routes of ``config``; ``ConfigError`` with every problem (plugins, log files) at once."""
+def build_gateway(config: Config, source: str = "config", shared_buckets: BucketsFactory | None = None) -> Gateway:
+    """The compiled routes of ``config``; ``ConfigError`` with every problem (plugins, log files) at once.
+
+    ``shared_buckets`` makes the buckets of ``rate_limit`` entries with ``shared: true`` (a state backend
+    shared by several instances); without it they live in this process like the others.
+    """
     problems = _Problems()
     writers: dict[str, LogWriter] = {}
     names = _route_names(config.routes, problems)
     routes = []
     for i, spec in enumerate(config.routes):
-        chain = _chain(config, spec, i, names[i], writers, problems)
+        chain = _chain(config, spec, i, names[i], writers, problems, shared_buckets)
         routes.append(_route(config, spec, i, names[i], chain))
     if problems.items:
         for writer in writers.values():
@@ -157,7 +162,7 @@ def _route(config: Config, spec: RouteSpec, index: int, name: str, chain: Chain 
 
 
 def _chain(config: Config, spec: RouteSpec, index: int, name: str, writers: dict[str, LogWriter],
-           problems: _Problems) -> Chain | None:
+           problems: _Problems, shared_buckets: BucketsFactory | None) -> Chain | None:
     if not spec.middleware:
         return None
     trusted = tuple(config.forwarding.trusted_proxies)
@@ -167,7 +172,7 @@ def _chain(config: Config, spec: RouteSpec, index: int, name: str, writers: dict
     labels: list[str] = []
     for j, entry in enumerate(spec.middleware):
         loc: Loc = ("routes", index, "middleware", j)
-        mw = _one(entry, loc, name, trusted, writers, problems)
+        mw = _one(entry, loc, name, trusted, writers, problems, shared_buckets)
         if mw is not None:
             items.append(mw)
             labels.append(entry.plugin if entry.plugin is not None else getattr(mw, "describe", lambda: "?")())
@@ -175,7 +180,7 @@ def _chain(config: Config, spec: RouteSpec, index: int, name: str, writers: dict
 
 
 def _one(entry: MiddlewareEntry, loc: Loc, route: str, trusted: tuple[Any, ...], writers: dict[str, LogWriter],
-         problems: _Problems) -> Middleware | None:
+         problems: _Problems, shared_buckets: BucketsFactory | None) -> Middleware | None:
     kind = entry.kind
     o = entry.spec
     if kind == "request_id":
@@ -190,7 +195,11 @@ def _one(entry: MiddlewareEntry, loc: Loc, route: str, trusted: tuple[Any, ...],
             writer = writers[o.path] = LogWriter(o.path)
         return AccessLog(o.format, writer)
     if kind == "rate_limit":
-        return RateLimit(o.rate, o.capacity, o.key, route, trusted)
+        # shared: true asks the state backend for buckets every instance sees; with the memory backend
+        # (the only one so far) that is this process's memory, which is exact for one instance
+        factory = shared_buckets if o.shared and shared_buckets is not None else memory_buckets
+        return RateLimit(o.rate, o.capacity, o.key, route, trusted,
+                         buckets=factory(o.rate, o.capacity, f"{route}#{loc[3]}"))
     if kind == "ip_filter":
         return IpFilterMiddleware(o.allow, o.deny, trusted)
     if kind == "basic_auth":

@@ -15,7 +15,7 @@ from fulcrum.middleware.policy.auth import BasicAuth
 from fulcrum.middleware.policy.compress import DEFAULT_TYPES, available_encodings, compressible, negotiate, new_encoder
 from fulcrum.middleware.policy.cors import CorsPolicy
 from fulcrum.middleware.policy.ipfilter import IpFilter, Network, client_address
-from fulcrum.middleware.policy.ratelimit import TokenBuckets, retry_after_header
+from fulcrum.middleware.policy.ratelimit import Buckets, TokenBuckets, retry_after_header
 from fulcrum.middleware.policy.trace import new_parent_id, new_traceparent, valid_traceparent
 
 _TEXT = "text/plain; charset=utf-8"
@@ -80,8 +80,8 @@ class RateLimit(Builtin):
     has_request = True
 
     def __init__(self, rate: float, burst: int, key: str, route: str, trusted: Sequence[Network],
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.buckets = TokenBuckets(rate, burst)
+                 clock: Callable[[], float] = time.monotonic, buckets: Buckets | None = None) -> None:
+        self.buckets: Buckets = buckets if buckets is not None else TokenBuckets(rate, burst)
         self.key = key
         self.header = key[7:] if key.startswith("header:") else ""
         self.route = route

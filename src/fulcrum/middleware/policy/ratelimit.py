@@ -11,10 +11,28 @@ is full, the same as a key never seen.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from itertools import islice
+from typing import Protocol
 
 # A thousandth of a token, to absorb float rounding: a client that waits exactly the advertised time is let in.
 _SLACK = 1e-3
+
+
+class Buckets(Protocol):
+    """Where a rate limit keeps its buckets: this process's memory (``TokenBuckets``), or, for
+    ``shared: true``, a store shared by several instances (the Redis state backend)."""
+
+    def take(self, key: str, now: float) -> float: ...
+
+
+#: Makes the buckets of one ``rate_limit`` (rate, burst, a name unique to that limit).
+BucketsFactory = Callable[[float, int, str], Buckets]
+
+
+def memory_buckets(rate: float, burst: int, name: str) -> Buckets:
+    """The memory backend: buckets in this process."""
+    return TokenBuckets(rate, burst)
 
 
 class TokenBuckets:
