@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from fulcrum.build import stale_compiled_modules
+from tests.proxy.harness import RunningProxy
 from tests.support.upstream import RefusingPort, UpstreamServer, refusing_port
 
 
@@ -16,6 +18,21 @@ def pytest_configure(config: pytest.Config) -> None:
     for built, source in stale_compiled_modules():
         pytest.exit(f"{built.name} is older than {source.name}: rebuild with `make test` (or `pip install "
                     "-e .`), or delete the .so files to test the pure-Python modules", returncode=3)
+
+
+@pytest.fixture
+def make_proxy() -> Iterator[Callable[[dict[str, Any]], RunningProxy]]:
+    """Start in-process proxies from config dicts (``make_proxy({...})``); all are stopped after the test."""
+    started: list[RunningProxy] = []
+
+    def make(config: dict[str, Any]) -> RunningProxy:
+        proxy = RunningProxy(config).start()
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()
 
 
 @pytest.fixture

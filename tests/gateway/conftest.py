@@ -7,25 +7,8 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from tests.proxy.harness import RunningProxy
-
-
-@pytest.fixture
-def make_proxy() -> Iterator[Callable[[dict[str, Any]], RunningProxy]]:
-    """Start proxies from config dicts; all are stopped after the test."""
-    started: list[RunningProxy] = []
-
-    def make(config: dict[str, Any]) -> RunningProxy:
-        proxy = RunningProxy(config).start()
-        started.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in started:
-        proxy.stop()
 
 
 @pytest.fixture

@@ -15,31 +15,16 @@ from typing import Any
 import bcrypt
 import httpx
 import pytest
-from tests.proxy.harness import RunningProxy
+from tests.proxy.harness import RunningProxy, client, echo
+from tests.proxy.harness import header_values as values
 from tests.support.upstream import UpstreamServer
 
 MakeProxy = Callable[[dict[str, Any]], RunningProxy]
 TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-01")
 
 
-def client(proxy: RunningProxy, source: str | None = None) -> httpx.Client:
-    """A client of ``proxy``, connecting from ``source`` (another loopback address, say) when given."""
-    transport = httpx.HTTPTransport(local_address=source) if source is not None else None
-    return httpx.Client(base_url=proxy.url, trust_env=False, timeout=10, transport=transport)
-
-
 #: A second loopback address: requests from it come from another client address than 127.0.0.1.
 OTHER_IP = "127.0.0.2"
-
-
-def echo(resp: httpx.Response) -> dict[str, Any]:
-    assert resp.status_code == 200, resp.text
-    data: dict[str, Any] = resp.json()
-    return data
-
-
-def values(doc: dict[str, Any], name: str) -> list[str]:
-    return [v for k, v in doc["headers"] if k.lower() == name.lower()]
 
 
 def one_route(upstream: UpstreamServer, *middleware: dict[str, Any], **route: Any) -> dict[str, Any]:

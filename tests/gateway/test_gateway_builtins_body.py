@@ -12,15 +12,11 @@ from typing import Any
 import brotli
 import httpx
 import pytest
-from tests.proxy.harness import RunningProxy
+from tests.proxy.harness import RunningProxy, client
 from tests.support.rawhttp import IncompleteResponse, read_response
 from tests.support.upstream import UpstreamServer, pattern_bytes
 
 MakeProxy = Callable[[dict[str, Any]], RunningProxy]
-
-
-def client(proxy: RunningProxy) -> httpx.Client:
-    return httpx.Client(base_url=proxy.url, trust_env=False, timeout=10)
 
 
 def raw_get(c: httpx.Client, url: str, accept: str | None, method: str = "GET") -> tuple[httpx.Response, bytes]:

@@ -9,15 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.proxy.harness import RunningProxy
+from tests.proxy.harness import RunningProxy, client
 from tests.support.rawhttp import read_response
 from tests.support.upstream import UpstreamServer
 
 MakeProxy = Callable[[dict[str, Any]], RunningProxy]
-
-
-def client(proxy: RunningProxy) -> httpx.Client:
-    return httpx.Client(base_url=proxy.url, trust_env=False, timeout=10)
 
 
 def said(name: str) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.proxy.harness import RunningProxy
+from tests.proxy.harness import RunningProxy, client
+from tests.proxy.harness import header_values as values
 from tests.support.upstream import RefusingPort, UpstreamServer, pattern_bytes
 
 from fulcrum.config import parse_config
@@ -97,14 +98,6 @@ def noop(options):
         return await call_next(req)
     return mw
 '''
-
-
-def client(proxy: RunningProxy) -> httpx.Client:
-    return httpx.Client(base_url=proxy.url, trust_env=False, timeout=10)
-
-
-def values(doc: dict[str, Any], name: str) -> list[str]:
-    return [v for k, v in doc["headers"] if k.lower() == name.lower()]
 
 
 def group(url: str, **extra: Any) -> dict[str, Any]:

@@ -5,28 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
-from tests.proxy.harness import RunningProxy
+from tests.proxy.harness import RunningProxy, client, echo
+from tests.proxy.harness import header_values as values
 from tests.support.upstream import UpstreamServer
 
 MakeProxy = Callable[[dict[str, Any]], RunningProxy]
-
-
-def client(proxy: RunningProxy) -> httpx.Client:
-    return httpx.Client(base_url=proxy.url, trust_env=False, timeout=10)
-
-
-def echo(resp: httpx.Response) -> dict[str, Any]:
-    assert resp.status_code == 200, resp.text
-    data: dict[str, Any] = resp.json()
-    data["hdrs"] = {k.lower(): v for k, v in data["headers"]}
-    return data
-
-
-def values(doc: dict[str, Any], name: str) -> list[str]:
-    """Every value of header ``name`` the upstream received, in order."""
-    return [v for k, v in doc["headers"] if k.lower() == name.lower()]
 
 
 @pytest.fixture

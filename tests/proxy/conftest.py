@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
@@ -24,20 +23,6 @@ def upstreams() -> Iterator[list[UpstreamServer]]:
 @pytest.fixture
 def upstream(upstreams: list[UpstreamServer]) -> UpstreamServer:
     return upstreams[0]
-
-
-@pytest.fixture
-def make_proxy() -> Iterator[Callable[..., RunningProxy]]:
-    started: list[RunningProxy] = []
-
-    def make(config: dict[str, Any]) -> RunningProxy:
-        proxy = RunningProxy(config).start()
-        started.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in started:
-        proxy.stop()
 
 
 @pytest.fixture

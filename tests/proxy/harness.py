@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+import httpx
 import uvloop
 
 from fulcrum.config import parse_config
@@ -89,3 +90,23 @@ class RunningProxy:
 def upstream_config(*urls: str, **group: Any) -> dict[str, Any]:
     """A one-group config for the given upstream URLs; extra keys go into the group."""
     return {"upstreams": {"app": {"servers": list(urls), **group}}}
+
+
+def client(proxy: RunningProxy, source: str | None = None) -> httpx.Client:
+    """An httpx client of ``proxy`` (no proxies from the environment), from ``source`` (another loopback address)
+    when given."""
+    transport = httpx.HTTPTransport(local_address=source) if source is not None else None
+    return httpx.Client(base_url=proxy.url, trust_env=False, timeout=10, transport=transport)
+
+
+def echo(resp: httpx.Response) -> dict[str, Any]:
+    """The JSON of the test upstream's ``/echo`` (asserting a 200), with ``hdrs``: its headers by lower-case name."""
+    assert resp.status_code == 200, resp.text
+    data: dict[str, Any] = resp.json()
+    data["hdrs"] = {k.lower(): v for k, v in data["headers"]}
+    return data
+
+
+def header_values(doc: dict[str, Any], name: str) -> list[str]:
+    """Every value of header ``name`` the upstream received (an ``/echo`` document), in order."""
+    return [v for k, v in doc["headers"] if k.lower() == name.lower()]

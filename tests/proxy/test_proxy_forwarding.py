@@ -8,24 +8,11 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-import httpx
-
-from tests.proxy.harness import RunningProxy, upstream_config
+from tests.proxy.harness import RunningProxy, client, echo, upstream_config
 from tests.support.rawhttp import read_response, send_raw
 from tests.support.upstream import UpstreamServer
 
 H = b"Host: test\r\n"
-
-
-def client(proxy: RunningProxy) -> httpx.Client:
-    return httpx.Client(base_url=proxy.url, trust_env=False, timeout=10)
-
-
-def echo(resp: httpx.Response) -> dict[str, Any]:
-    assert resp.status_code == 200, resp.text
-    data: dict[str, Any] = resp.json()
-    data["hdrs"] = {k.lower(): v for k, v in data["headers"]}
-    return data
 
 
 def test_get_is_forwarded_with_forwarding_headers(proxy: RunningProxy) -> None:

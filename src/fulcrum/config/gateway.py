@@ -11,13 +11,14 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, field_validator, model_validator
+from pydantic import BaseModel, Field, PlainSerializer, PlainValidator, field_validator, model_validator
 
+from fulcrum.config.fields import HOSTNAME, MODEL, TOKEN, Network
 from fulcrum.config.units import parse_duration, parse_rate, parse_size, short_repr
 
-_MODEL = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True)
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: header names, methods
-_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?")
+_MODEL = MODEL
+_TOKEN = TOKEN
+_HOSTNAME = HOSTNAME
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # header values: no CR, LF, NUL or other controls
 _BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 _GROUP_REF = re.compile(r"\\(\d+)|\\g<([^>]*)>")
@@ -82,19 +83,6 @@ def _seconds(value: object) -> int:
     return int(seconds)
 
 
-def _network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        return value
-    if isinstance(value, str):
-        try:
-            return ipaddress.ip_network(value.strip(), strict=False)
-        except ValueError as err:
-            raise ValueError(f"must be an IP address or a CIDR network like 10.0.0.0/8, got {short_repr(value)}"
-                             f" ({err})") from None
-    raise ValueError(f"must be an IP address or a CIDR network like 10.0.0.0/8, got {short_repr(value)}")
-
-
-Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, PlainValidator(_network), PlainSerializer(str)]
 Seconds = Annotated[int, PlainValidator(_seconds)]
 Rate = Annotated[float, PlainValidator(parse_rate)]
 

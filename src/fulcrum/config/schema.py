@@ -14,9 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
-    PlainSerializer,
     PlainValidator,
     ValidationError,
     ValidatorFunctionWrapHandler,
@@ -25,6 +23,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from fulcrum.config.fields import HOSTNAME, MODEL, TOKEN, Network
 from fulcrum.config.gateway import Match as Match
 from fulcrum.config.gateway import Route as Route
 from fulcrum.config.messages import FULCRUM_ERROR, humanize
@@ -33,11 +32,11 @@ from fulcrum.config.units import StatusRanges, parse_duration, parse_size, short
 # A problem found by a validator: (key path relative to the model, message, offending value).
 Problem = tuple[tuple[str | int, ...], str, object]
 
-_MODEL = ConfigDict(frozen=True, extra="forbid", coerce_numbers_to_str=True)
+_MODEL = MODEL
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token: header and cookie names
-_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?")
+_TOKEN = TOKEN
+_HOSTNAME = HOSTNAME
 _UNSAFE = re.compile(r"[\x00-\x20\x7f]")  # whitespace and control characters
 
 
@@ -113,21 +112,9 @@ def _fraction(value: object) -> float:
     raise ValueError(f"must be a fraction from 0 to 1, got {short_repr(value)}")
 
 
-def _network(value: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        return value
-    if isinstance(value, str):
-        try:
-            return ipaddress.ip_network(value.strip(), strict=False)
-        except ValueError:
-            pass
-    raise ValueError(f"must be an IP address or a CIDR network like 10.0.0.0/8, got {short_repr(value)}")
-
-
 Duration = Annotated[float, _duration(zero_ok=False)]
 OptionalDuration = Annotated[float, _duration(zero_ok=True)]  # 0 = off / none
 Size = Annotated[int, _size(zero_ok=False)]
-Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, PlainValidator(_network), PlainSerializer(str)]
 
 
 def _clean_text(value: str, what: str) -> str:

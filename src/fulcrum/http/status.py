@@ -15,10 +15,15 @@ STATUS_LINES: dict[int, bytes] = {
 NO_BODY_STATUSES = frozenset((204, 304, *range(100, 200)))
 
 
+def error_body(status: int, detail: str, request_id: bytes) -> bytes:
+    """The plain-text body of an error Fulcrum makes: the status, the problem and the request id."""
+    reason = REASONS.get(status, b"Error").decode("ascii")
+    return f"{status} {reason}: {detail}\nrequest id: {request_id.decode('ascii', 'replace')}\n".encode()
+
+
 def error_response(status: int, detail: str, request_id: bytes, *, close: bool) -> bytes:
     """A complete plain-text response naming the problem and the request id."""
-    reason = REASONS.get(status, b"Error").decode("ascii")
-    body = f"{status} {reason}: {detail}\nrequest id: {request_id.decode('ascii', 'replace')}\n".encode()
+    body = error_body(status, detail, request_id)
     head = [
         STATUS_LINES[status],
         b"Content-Type: text/plain; charset=utf-8\r\n",

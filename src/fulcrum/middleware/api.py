@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from multidict import CIMultiDict
 
 from fulcrum.http.status import REASONS
+from fulcrum.routing.rewrite import split_target
 
 if TYPE_CHECKING:
     from fulcrum.middleware.policy.compress import Encoder
@@ -45,7 +46,7 @@ class Request:
     """One request as middleware sees it: method, path, query, headers, client address, route name."""
 
     __slots__ = ("_headers", "_lines", "_path", "_query", "_state", "_target", "body_limit", "client_ip",
-                 "content_length", "forwarded_for", "method", "own_id", "peer_ip", "request_id", "route",
+                 "content_length", "forwarded_for", "method", "own_id", "request_id", "route",
                  "target_changed")
 
     def __init__(self, method: str, target: bytes, lines: list[bytes], client_ip: str, route: str,
@@ -61,8 +62,6 @@ class Request:
         self._headers: Headers | None = None
         self.target_changed = False
         self._state: dict[str, Any] | None = None
-        #: the client connection's address; ``client_ip`` is the same unless a trusted proxy forwarded it
-        self.peer_ip = client_ip
         #: the request id as bytes when Fulcrum made it (32 lowercase hex digits), else None
         self.own_id: bytes | None = None
         #: the X-Forwarded-For the client sent (all lines joined), or None; Fulcrum writes its own upstream
@@ -82,13 +81,7 @@ class Request:
     # -- path and query -----------------------------------------------------------
 
     def _split(self) -> None:
-        target = self._target
-        if target[:1] != b"/":
-            scheme = target.find(b"://")
-            if scheme > 0:
-                slash = target.find(b"/", scheme + 3)
-                target = target[slash:] if slash >= 0 else b"/"
-        path, _, query = target.partition(b"?")
+        path, query = split_target(self._target)
         self._path = path.decode("latin-1")
         self._query = query.decode("latin-1")
 

@@ -6,7 +6,6 @@ import asyncio
 import re
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from fulcrum.middleware.api import CallNext, Request, Response
 from fulcrum.middleware.chain import Builtin
@@ -17,6 +16,7 @@ from fulcrum.middleware.policy.cors import CorsPolicy
 from fulcrum.middleware.policy.ipfilter import IpFilter, Network, client_address
 from fulcrum.middleware.policy.ratelimit import Buckets, TokenBuckets, retry_after_header
 from fulcrum.middleware.policy.trace import new_parent_id, new_traceparent, valid_traceparent
+from fulcrum.routing.rewrite import header_edits
 
 _TEXT = "text/plain; charset=utf-8"
 _HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -93,7 +93,7 @@ class RateLimit(Builtin):
     def on_request(self, req: Request) -> Response | None:
         key = self.key
         if key == "ip":
-            value = client_address(req.peer_ip, req.forwarded_for, self.trusted) if self.trusted \
+            value = client_address(req.client_ip, req.forwarded_for, self.trusted) if self.trusted \
                 else req.client_ip
         elif key == "route":
             value = self.route
@@ -119,7 +119,7 @@ class IpFilterMiddleware(Builtin):
         self.trusted = tuple(trusted)
 
     def on_request(self, req: Request) -> Response | None:
-        ip = client_address(req.peer_ip, req.forwarded_for, self.trusted) if self.trusted \
+        ip = client_address(req.client_ip, req.forwarded_for, self.trusted) if self.trusted \
             else req.client_ip
         if self.filter.allowed(ip):
             return None
@@ -277,13 +277,10 @@ class HeadersMiddleware(Builtin):
 
     def __init__(self, preset: str | None, set_: dict[str, str], remove: Sequence[str]) -> None:
         self.if_absent = SECURE_HEADERS if preset == "secure" else ()
-        cut = [*(SECURE_REMOVE if preset == "secure" else ()), *remove, *set_]
-        self.pattern = re.compile(
-            rb"\r\n(?:" + b"|".join(re.escape(n.lower().encode("latin-1")) for n in cut) + rb")[ \t]*:[^\r\n]*",
-            re.IGNORECASE,
-        ) if cut else None
-        self.append = b"".join(f"\r\n{k}: {v}".encode("latin-1") for k, v in set_.items())
-        self.cut_keys = tuple(b"\r\n" + n.lower().encode("latin-1") + b":" for n in cut)
+        edits = header_edits(set_, {}, [*(SECURE_REMOVE if preset == "secure" else ()), *remove])
+        self.pattern = edits.pattern if edits is not None else None
+        self.append = edits.raw_append if edits is not None else b""
+        self.cut_keys = edits.keys if edits is not None else ()
         self.preset = preset
         # the preset's lines, each with the lower-case b"\r\nname:" that shows the response has it already
         self.absent_lines: tuple[tuple[bytes, bytes], ...] = tuple(
@@ -307,7 +304,3 @@ class HeadersMiddleware(Builtin):
 
     def describe(self) -> str:
         return f"headers(preset {self.preset})" if self.preset else "headers"
-
-
-def new_log_record(**fields: Any) -> LogRecord:
-    return LogRecord(**fields)

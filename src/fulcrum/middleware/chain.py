@@ -105,12 +105,8 @@ class Chain:
         return None
 
     def on_response(self, req: Request, resp: Response) -> None:
-        """Hooks mode: the response hooks, innermost first."""
-        for mw in self.response_hooks:
-            mw.on_response(req, resp)
-
-    def on_error(self, req: Request, resp: Response) -> None:
-        """A response Fulcrum made after the request hooks passed (404, 502, 503, 504, an answer route)."""
+        """Hooks mode: the response hooks, innermost first (on the upstream's response, or on one Fulcrum made
+        after the request hooks passed: 404, 502, 503, 504, an answer route)."""
         for mw in self.response_hooks:
             mw.on_response(req, resp)
 

@@ -16,7 +16,8 @@ from fulcrum.balancing import hash_key_value, observe_latency, sticky_lookup, st
 from fulcrum.balancing.base import EMPTY_CONTEXT, PickContext
 from fulcrum.health.budget import retryable
 from fulcrum.http.headers import forwarded_node, is_trusted, split_host
-from fulcrum.http.status import NO_BODY_STATUSES, REASONS, error_response
+from fulcrum.http.status import NO_BODY_STATUSES, error_body, error_response
+from fulcrum.middleware.answers import answer_response
 from fulcrum.middleware.api import Request, Response
 from fulcrum.middleware.chain import Chain
 from fulcrum.middleware.policy.accesslog import LogRecord
@@ -34,8 +35,8 @@ from fulcrum.proxy.upstream import (
     UpstreamConnection,
 )
 from fulcrum.routing import target_path
-from fulcrum.routing.rewrite import edit_lines, redirect_location, rewrite_target, split_target
-from fulcrum.routing.route import Answer, Route
+from fulcrum.routing.rewrite import edit_lines, rewrite_target, split_target
+from fulcrum.routing.route import Route
 
 if TYPE_CHECKING:
     from fulcrum.proxy.downstream import ClientConnection
@@ -259,7 +260,7 @@ class Exchange:
             self.host_replaced = True
         answer = route.answer
         if answer is not None:
-            self.send_own(self._route_answer(answer), True)
+            self.send_own(answer_response(answer, self.host or b"", self.target), True)
             return
         self.choose(route)
 
@@ -479,19 +480,27 @@ class Exchange:
                         return
                 elif self.req is not None:
                     chain.on_response(self.req, resp)
-            try:
-                head = resp.head_bytes()
-            except ValueError as err:
-                log.error("route %s: middleware set a bad response header: %s", route.name, err)
-                self.abandon_upstream()
-                self.resp_started = False
+            if not self._send_upstream_response(resp, mode):
                 self.respond_error(502, "middleware set a bad response header")
-                return
-            self.status = resp.status
-            self.body_filter = resp.body_filter
-            if self.body_filter is not None and mode != UNTIL_CLOSE:
-                mode = CHUNKED
+            return
         self._send_head(head, mode)
+
+    def _send_upstream_response(self, resp: Response, mode: int) -> bool:
+        """Send the upstream's head as the route and its middleware left it; False (nothing sent, the upstream
+        dropped) when a middleware set a header that cannot be written."""
+        try:
+            head = resp.head_bytes()
+        except ValueError as err:
+            log.error("route %s: middleware set a bad response header: %s", self.route.name if self.route else "?", err)
+            self.abandon_upstream()
+            self.resp_started = False
+            return False
+        self.status = resp.status
+        self.body_filter = resp.body_filter
+        if self.body_filter is not None and mode != UNTIL_CLOSE:
+            mode = CHUNKED  # compressed: the length is no longer known
+        self._send_head(head, mode)
+        return True
 
     def _send_head(self, head: bytes, mode: int) -> None:
         """Queue the response head for the client, with our framing and headers added."""
@@ -738,8 +747,7 @@ class Exchange:
         route = self.route
         if route is not None and (route.chain is not None or route.response_headers is not None):
             # middleware sees Fulcrum's own errors too (CORS headers on a 502, the access log of a 503)
-            body = f"{status} {REASONS.get(status, b'Error').decode()}: {detail}\nrequest id: "
-            resp = Response(status, body + self.rid.decode("latin-1") + "\n",
+            resp = Response(status, error_body(status, detail, self.rid),
                             [("Content-Type", "text/plain; charset=utf-8")])
             self.send_own(resp, True)
             return
@@ -764,7 +772,7 @@ class Exchange:
                 return
             chain: Chain | None = route.chain
             if chain is not None and chain.sync and self.req is not None:
-                chain.on_error(self.req, resp)
+                chain.on_response(self.req, resp)
         if route is not None and route.response_headers is not None and hooks:
             edits = route.response_headers
             resp.edit_raw(edits.pattern, edits.raw_append, edits.keys)
@@ -796,16 +804,6 @@ class Exchange:
         self.client.write(b"".join(parts))
         self.end()
 
-    def _route_answer(self, answer: Answer) -> Response:
-        if answer.location is not None:
-            location = redirect_location(answer, self.host or b"", self.target)
-            return Response(answer.status, b"", [("Location", location.decode("latin-1"))])
-        headers = []
-        for line in answer.headers:
-            name, _, value = line.partition(b":")
-            headers.append((name.decode("latin-1"), value.strip().decode("latin-1")))
-        return Response(answer.status, answer.body, headers)
-
     async def _run_chain(self, chain: Chain, req: Request) -> None:
         try:
             resp = await chain.run(req, self._call_next)
@@ -836,20 +834,9 @@ class Exchange:
         if resp is self.resp and self.held:
             self.held = False
             self.resp = None
-            mode = self.resp_mode
-            try:
-                head = resp.head_bytes()
-            except ValueError as err:
-                log.error("middleware set a bad response header: %s", err)
-                self.abandon_upstream()
-                self.resp_started = False
+            if not self._send_upstream_response(resp, self.resp_mode):
                 self.send_own(Response(502, "502 Bad Gateway: middleware set a bad response header\n"), False)
                 return
-            self.status = resp.status
-            self.body_filter = resp.body_filter
-            if self.body_filter is not None and mode != UNTIL_CLOSE:
-                mode = CHUNKED
-            self._send_head(head, mode)
             held = self.held_body or []
             self.held_body = None
             for chunk in held:
