@@ -86,13 +86,14 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from fulcrum.supervisor.runner import run, setup_logging
 
-    config = _load(_config_path(args.config))
+    path = _config_path(args.config)
+    config = _load(path)
     if config is None:
         return 1
     if args.access_log and not config.access_log:
         config = config.model_copy(update={"access_log": True})
     setup_logging()
-    return run(config)
+    return run(config, path=path)
 
 
 def _quick_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -102,6 +103,7 @@ def _quick_config(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "listen": [args.listen],
         "access_log": args.access_log,
+        "admin": {"listen": args.admin},  # off unless asked for: a quick start binds one port
         "upstreams": {"default": upstream},
     }
 
@@ -141,7 +143,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         }
         return parse_config(
             {"listen": [f"127.0.0.1:{args.port}"], "access_log": True, "expose_upstream": True,
-             "upstreams": {"demo": demo}},
+             "admin": {"listen": f"127.0.0.1:{args.admin_port}"}, "upstreams": {"demo": demo}},
             source="demo",
         )
 
@@ -154,6 +156,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"  curl -i {url}/                 # again and again: round robin (see X-Upstream-Server)\n"
             f"  curl -i {url}/slow?ms=200\n"
             f"  curl -i -H 'X-Request-ID: my-id-1' {url}/\n"
+            f"Dashboard: http://127.0.0.1:{args.admin_port}/   metrics: http://127.0.0.1:{args.admin_port}/metrics\n"
+            f"  curl -s 'http://127.0.0.1:{args.admin_port}/api/v1/explain?path=/'   # which server, and why\n"
             f"Stop with Ctrl-C.\n",
             flush=True,
         )
@@ -191,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="three demo servers behind Fulcrum, no config needed")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.add_argument("--admin-port", type=int, default=9090, help="admin API and dashboard port on 127.0.0.1 "
+                   "(default 9090)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("proxy", help="one-line reverse proxy: --listen :8080 --to URL --to URL")
@@ -198,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", action="append", required=True, metavar="URL", help="upstream server (repeat)")
     p.add_argument("--balance", default="round_robin", help="balancing policy (default round_robin)")
     p.add_argument("--health-path", help="check each server's health at this path")
+    p.add_argument("--admin", metavar="ADDRESS", help="serve the admin API and dashboard here, e.g. 127.0.0.1:9090")
     p.add_argument("--access-log", action="store_true", help="log one line per request to stdout")
     p.set_defaults(func=cmd_proxy)
 

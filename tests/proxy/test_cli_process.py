@@ -103,7 +103,8 @@ def test_run_serves_logs_and_drains_on_sigterm(tmp_path: Path, spawn: list[subpr
         cfg = tmp_path / "f.json"
         cfg.write_text(
             json.dumps(
-                {"listen": [f"127.0.0.1:{port}"], "access_log": True, "upstreams": {"app": {"servers": [up.url]}}}
+                {"listen": [f"127.0.0.1:{port}"], "access_log": True, "admin": {"listen": None},
+                 "upstreams": {"app": {"servers": [up.url]}}}
             )
         )
         proc = start(spawn, "run", "-c", str(cfg))
@@ -147,12 +148,16 @@ def test_proxy_quick_start_round_robins(spawn: list[subprocess.Popen[bytes]]) ->
 
 
 def test_demo_runs_and_answers(spawn: list[subprocess.Popen[bytes]]) -> None:
-    port = free_port()
-    proc = start(spawn, "demo", "--port", str(port))
+    port, admin = free_port(), free_port()
+    proc = start(spawn, "demo", "--port", str(port), "--admin-port", str(admin))
     wait_port(port, proc)
+    wait_port(admin, proc)
     with httpx.Client(trust_env=False) as c:
         servers = {c.get(f"http://127.0.0.1:{port}/").headers["x-upstream-server"] for _ in range(3)}
+        status = c.get(f"http://127.0.0.1:{admin}/api/v1/status").json()  # loopback: no token needed
     assert len(servers) == 3
+    assert status["requests_total"] == 3
+    assert {s["id"] for s in status["upstreams"][0]["servers"]} == servers
     proc.send_signal(signal.SIGINT)
     assert proc.wait(10) == 0
     out = proc.stdout.read().decode() if proc.stdout else ""
@@ -163,7 +168,8 @@ def test_config_from_environment_variable(tmp_path: Path, spawn: list[subprocess
     port = free_port()
     with UpstreamServer(name="a") as up:
         cfg = tmp_path / "f.yaml"
-        cfg.write_text(f"listen: ['127.0.0.1:{port}']\nupstreams:\n  app:\n    servers: ['${{UPSTREAM}}']\n")
+        cfg.write_text(f"listen: ['127.0.0.1:{port}']\nadmin: {{listen: null}}\n"
+                       "upstreams:\n  app:\n    servers: ['${UPSTREAM}']\n")
         env = dict(os.environ, FULCRUM_CONFIG=str(cfg), UPSTREAM=up.url)
         proc = subprocess.Popen([*FULCRUM, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         spawn.append(proc)

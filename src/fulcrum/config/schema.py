@@ -210,6 +210,44 @@ class Forwarding(BaseModel):
     style: Literal["x-forwarded", "rfc7239", "both"] = "x-forwarded"
 
 
+class Admin(BaseModel):
+    """The admin listener (API, metrics, dashboard). ``listen: null`` turns it off.
+
+    A listener reachable from other hosts must have a token: the API changes what the proxy does.
+    """
+
+    model_config = _MODEL
+
+    listen: Listen | None = Listen(host="127.0.0.1", port=9090)
+    token: str | None = None
+
+    @field_validator("token")
+    @classmethod
+    def _check_token(cls, token: str | None) -> str | None:
+        if token is None or token == "":
+            return None  # an empty ${FULCRUM_ADMIN_TOKEN} means no token
+        if not all(0x21 <= ord(c) <= 0x7E for c in token):
+            raise ValueError("must be visible ASCII characters without spaces")
+        return token
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> Admin:
+        listen = self.listen
+        if listen is not None and self.token is None and not _loopback(listen.host):
+            fail([(("token",), f"is required when admin.listen ({listen}) is not a loopback address: anyone who "
+                   "reaches it could change the upstreams", None)])
+        return self
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 # ---------------------------------------------------------------- upstreams
 
 
@@ -593,6 +631,7 @@ class Config(BaseModel):
     expose_upstream: bool = False
     access_log: bool = False
     forwarding: Forwarding = Forwarding()
+    admin: Admin = Admin()
     upstreams: dict[str, Upstream]
     routes: tuple[Route, ...] = ()  # when omitted, filled in by _cross_check
     shutdown_grace: OptionalDuration = 30.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Protocol, TextIO
 
 from fulcrum.http.headers import RequestIds
@@ -37,6 +38,56 @@ class Stats:
         self.retries_total = 0
 
 
+#: Upper bounds (seconds) of the request duration histogram's buckets; one more bucket holds the rest.
+DURATION_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class RouteCounters:
+    """Requests of one route and upstream: count per status code and a duration histogram.
+
+    Kept by ``Metrics`` across snapshots, so a reload does not reset what Prometheus has seen.
+    ``buckets[i]`` counts durations in (DURATION_BOUNDS[i-1], DURATION_BOUNDS[i]]; the scrape adds them up.
+    """
+
+    __slots__ = ("buckets", "codes", "route", "seconds", "upstream")
+
+    def __init__(self, route: str, upstream: str) -> None:
+        self.route = route
+        self.upstream = upstream
+        self.codes: dict[int, int] = {}
+        self.buckets = [0] * (len(DURATION_BOUNDS) + 1)
+        self.seconds = 0.0
+
+    def record(self, status: int, seconds: float) -> None:
+        codes = self.codes
+        codes[status] = codes.get(status, 0) + 1
+        self.buckets[bisect_left(DURATION_BOUNDS, seconds)] += 1
+        self.seconds += seconds
+
+
+class Metrics:
+    """Counters per route and per group that outlive snapshots; ``by_route`` is what the hot path reads."""
+
+    __slots__ = ("bounds", "by_route", "kept", "retries")
+
+    def __init__(self) -> None:
+        self.bounds = DURATION_BOUNDS
+        self.kept: dict[tuple[str, str], RouteCounters] = {}
+        self.by_route: dict[str, RouteCounters] = {}
+        self.retries: dict[str, int] = {}
+        self.use([])
+
+    def use(self, routes: list[tuple[str, str]]) -> None:
+        """Point the hot path at the counters of these (route, upstream) pairs, and of requests no route took."""
+        by_route: dict[str, RouteCounters] = {}
+        for name, upstream in [("-", "-"), *routes]:
+            counters = self.kept.get((name, upstream))
+            if counters is None:
+                counters = self.kept[(name, upstream)] = RouteCounters(name, upstream)
+            by_route[name] = counters
+        self.by_route = by_route
+
+
 class AccessLog:
     """One line per request, buffered in memory and written on the sweeper's tick, off the hot path."""
 
@@ -65,13 +116,13 @@ class ProxyContext:
         self.snapshot = snapshot
         self.ids = RequestIds()
         self.stats = Stats()
+        self.metrics = Metrics()
         self.now = loop.time()
         self.timed: set[Timed] = set()
         self.clients: set[object] = set()
         self.pools: dict[Server, Pool] = {}  # a Server belongs to one group, so it keys its pool
         self.access_log = AccessLog()
         self.draining = False
-        self.timing = False  # measure request durations (access log, latency-aware policies)
         self.started_wall = time.time()
         self.connect_tasks: set[asyncio.Task[None]] = set()
 
@@ -83,6 +134,7 @@ class ProxyContext:
     def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Swap in a new snapshot; pools of servers that left are closed, the others reconfigured."""
         old = self.snapshot
+        self.metrics.use([(r.name, r.upstream or "-") for r in snapshot.routes.routes])
         self.snapshot = snapshot
         live = {s: g for g in snapshot.groups.values() for s in g.servers}
         for server, pool in list(self.pools.items()):
@@ -93,7 +145,7 @@ class ProxyContext:
             else:
                 pool.configure(group.spec, snapshot.max_header_bytes)
         if old is not snapshot:
-            old.close()
+            old.close(keep=snapshot.gateway)
 
     def sweep(self) -> None:
         """Fire every passed deadline; called on a short periodic tick."""

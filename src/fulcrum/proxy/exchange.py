@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from fulcrum.balancing import hash_key_value, observe_latency, sticky_lookup, sticky_set_cookie, sticky_token
@@ -200,8 +201,7 @@ class Exchange:
         client = self.client
         ctx = client.ctx
         snap = self.snap
-        if ctx.timing:
-            self.t0 = ctx.loop.time()
+        self.t0 = perf_counter()  # loop.time() moves in whole milliseconds under uvloop
         routes = snap.routes
         route = routes.catch_all
         if route is None:
@@ -214,8 +214,6 @@ class Exchange:
         self.route = route
         chain: Chain | None = route.chain
         if chain is not None:
-            if chain.loggers and not self.t0:
-                self.t0 = ctx.loop.time()
             req = self.req = Request(self.method.decode("latin-1"), self.target, self.headers, client.client_ip,
                                      route.name, self.rid.decode("latin-1"))
             req.content_length = self.cl
@@ -695,6 +693,8 @@ class Exchange:
         self.resp_started = False
         self.status = 0
         ctx.stats.retries_total += 1
+        retries = ctx.metrics.retries
+        retries[group.name] = retries.get(group.name, 0) + 1
         self.body_buf = list(self.replay) if self.replay else None
         self.body_buffered = 0
         self.forward(group, nxt)
@@ -878,7 +878,7 @@ class Exchange:
             referer,
             agent,
             self.server.id if self.server is not None else None,
-            (now - self.t0) * 1000.0 if self.t0 else 0.0,
+            (perf_counter() - self.t0) * 1000.0 if self.t0 else 0.0,
             (now - self.sent_at) * 1000.0 if self.sent_at else None,
             req.request_id if req is not None else self.rid.decode("latin-1"),
             route.name if route is not None else "-",
@@ -907,9 +907,15 @@ class Exchange:
         if self.deadline:
             self.deadline = 0.0
             ctx.timed.discard(self)
+        status = self.status
+        t0 = self.t0
+        ctx.metrics.by_route[route.name if route is not None else "-"].record(
+            status, perf_counter() - t0 if t0 else 0.0)
         server = self.server
         if server is not None:
             server.active -= 1
+            codes = server.codes
+            codes[status] = codes.get(status, 0) + 1
             group = self.group
             if group is not None and group.guards is not None:
                 group.guards.finish(server, self.outcome, ctx.now)
@@ -917,7 +923,7 @@ class Exchange:
             if pool is not None and pool.waiters:
                 pool.wake()
         ctx.stats.requests_total += 1
-        if self.status >= 500:
+        if status >= 500:
             ctx.stats.responses_5xx += 1
         if self.snap.access_log:
             self._log()
@@ -925,7 +931,7 @@ class Exchange:
 
     def _log(self) -> None:
         ctx = self.client.ctx
-        dur_ms = (ctx.loop.time() - self.t0) * 1000.0 if self.t0 else 0.0
+        dur_ms = (perf_counter() - self.t0) * 1000.0 if self.t0 else 0.0
         server = self.server.id if self.server is not None else "-"
         ctx.access_log.write(
             f'{self.client.client_ip} "{self.method.decode("latin-1")} {self.target.decode("latin-1")}" '

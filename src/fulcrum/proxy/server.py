@@ -7,7 +7,7 @@ import logging
 import socket
 from collections.abc import Callable
 
-from fulcrum.config import Config
+from fulcrum.config import Config, Listen
 from fulcrum.health.active import HealthChecker
 from fulcrum.proxy.context import ProxyContext
 from fulcrum.proxy.downstream import IDLE, ClientConnection
@@ -27,24 +27,21 @@ def _tick_for(config: Config) -> float:
     return max(0.01, min(0.25, shortest / 5))
 
 
-def _needs_timing(snapshot: Snapshot) -> bool:
-    """Whether requests must be timed: an access log, or a latency-aware policy."""
-    return snapshot.access_log or snapshot.timing or any(g.track_latency for g in snapshot.groups.values())
-
-
 class ProxyServer:
     """Serves one config on its listeners until ``shutdown``."""
 
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop | None = None, source: str = "config") -> None:
         self.loop = loop or asyncio.get_running_loop()
+        self.source = source  # the config file's name, for errors
         self.config = config
         self.registry = ServerRegistry()
         self.checkers: dict[str, HealthChecker] = {}
         snapshot = self._build(config)
         self._attach_guards(snapshot, None)
         self.ctx = ProxyContext(self.loop, snapshot)
-        self.ctx.timing = _needs_timing(snapshot)
+        self.ctx.metrics.use([(r.name, r.upstream or "-") for r in snapshot.routes.routes])
         self.listeners: list[socket.socket] = []
+        self._bound: list[Listen] = []  # the listen entries of ``listeners``, in order
         self._accepting: set[asyncio.Task[tuple[asyncio.Transport, ClientConnection]]] = set()
         self._tick = _tick_for(config)
         self._timer: asyncio.TimerHandle | None = None
@@ -52,7 +49,7 @@ class ProxyServer:
 
     def _build(self, config: Config) -> Snapshot:
         # the health checker sets a new server's first state (DESIGN 4, "Health at start")
-        return build_snapshot(config, self.registry, self.loop.time)
+        return build_snapshot(config, self.registry, self.loop.time, self.source)
 
     def _attach_guards(self, snapshot: Snapshot, previous: Snapshot | None) -> None:
         """Passive checks and breakers per group, taking over the state of the previous snapshot's."""
@@ -75,6 +72,7 @@ class ProxyServer:
         await self._start_checkers(self.config)
         for listen in self.config.listen:
             self.listeners.append(self._listen(listen.host, listen.port))
+        self._bound = list(self.config.listen)
         self._timer = self.loop.call_later(self._tick, self._on_tick)
         log.info("listening on %s", ", ".join(f"{lst.host or '0.0.0.0'}:{lst.port}" for lst in self.config.listen))
 
@@ -136,15 +134,60 @@ class ProxyServer:
         for checker in self.checkers.values():
             checker.start()
 
-    async def apply(self, config: Config) -> None:
-        """Swap in a new config (listeners stay as they are); in-flight requests finish on the old snapshot."""
-        snapshot = self._build(config)
+    async def apply(
+        self,
+        config: Config,
+        *,
+        same_routes: bool = False,
+        prepare: Callable[[Snapshot], None] | None = None,
+    ) -> None:
+        """Swap in a new config; in-flight requests finish on the old snapshot.
+
+        New listen addresses are bound before the ones no longer listed are closed; an address kept
+        keeps its socket, so no connection is refused during the swap. ``same_routes`` keeps the
+        compiled routes (and their middleware state) of the running snapshot, for a change of servers
+        only. ``prepare`` sees the new snapshot before it is swapped in (to set operators' flags).
+        Raises ``ConfigError`` (routes that cannot be built) or ``OSError`` (an address that cannot be
+        bound) with nothing changed.
+        """
+        gateway = self.ctx.snapshot.gateway if same_routes else None
+        snapshot = build_snapshot(config, self.registry, self.loop.time, self.source, gateway)
+        try:
+            if self._bound:  # started: listening already
+                self._rebind(config)
+        except OSError:
+            snapshot.close(keep=self.ctx.snapshot.gateway)
+            raise
         self._attach_guards(snapshot, self.ctx.snapshot)
+        if prepare is not None:
+            prepare(snapshot)
         self.config = config
         self.ctx.apply_snapshot(snapshot)
-        self.ctx.timing = _needs_timing(snapshot)
         self._tick = _tick_for(config)
         await self._start_checkers(config)
+
+    def _rebind(self, config: Config) -> None:
+        """Listen on ``config``'s addresses: bind the new ones first, then close those it no longer has."""
+        current = {(lst.host, lst.port): sock for lst, sock in zip(self._bound, self.listeners, strict=True)}
+        wanted = [(lst.host, lst.port) for lst in config.listen]
+        opened: dict[tuple[str, int], socket.socket] = {}
+        try:
+            for address in wanted:
+                if address not in current and address not in opened:
+                    opened[address] = self._listen(*address)
+        except OSError:
+            for sock in opened.values():
+                self.loop.remove_reader(sock.fileno())
+                sock.close()
+            raise
+        for address, sock in current.items():
+            if address not in wanted:
+                self.loop.remove_reader(sock.fileno())
+                sock.close()
+        self.listeners = [current.get(a) or opened[a] for a in wanted]
+        self._bound = list(config.listen)
+        if opened:
+            log.info("now listening on %s", ", ".join(str(lst) for lst in config.listen))
 
     def _on_tick(self) -> None:
         try:

@@ -30,6 +30,7 @@ class Server:
     __slots__ = (
         "_listeners",
         "active",
+        "codes",
         "down",
         "errors",
         "ewma_at",
@@ -59,6 +60,7 @@ class Server:
         self.up_since = 0.0  # loop time it last became eligible (for slow start)
         self.requests = 0
         self.errors = 0
+        self.codes: dict[int, int] = {}  # responses by status code, as the client got them
         self._listeners: list[Callable[[Server], None]] = []
 
     @property

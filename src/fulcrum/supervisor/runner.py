@@ -8,8 +8,11 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 
+from fulcrum.admin.app import make_app
+from fulcrum.admin.listener import AdminListener
 from fulcrum.config import Config, ConfigError
 from fulcrum.proxy.server import ProxyServer, install_uvloop
+from fulcrum.supervisor.control import Control
 
 log = logging.getLogger("fulcrum")
 
@@ -21,33 +24,77 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def run(source: ConfigSource, *, after_start: Callable[[ProxyServer], None] | None = None) -> int:
-    """Serve a config in this process until SIGTERM/SIGINT; returns the exit code."""
+def run(
+    source: ConfigSource,
+    *,
+    path: str | None = None,
+    after_start: Callable[[ProxyServer], None] | None = None,
+) -> int:
+    """Serve a config in this process until SIGTERM/SIGINT; returns the exit code.
+
+    ``path`` is the config file, read again on SIGHUP and ``POST /api/v1/reload``.
+    """
     with asyncio.Runner(loop_factory=install_uvloop()) as runner:
-        return runner.run(_serve(source, after_start))
+        return runner.run(_serve(source, path, after_start))
 
 
-async def _serve(source: ConfigSource, after_start: Callable[[ProxyServer], None] | None) -> int:
+class Instance:
+    """One process's whole Fulcrum: the proxy, its control plane and the admin listener (if configured)."""
+
+    def __init__(self, config: Config, path: str | None = None, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop or asyncio.get_running_loop()
+        self.server = ProxyServer(config, self.loop, source=path or "config")  # ConfigError: bad routes
+        self.control = Control(self.server, config, path)
+        listen = config.admin.listen
+        self.admin = AdminListener(make_app(self.control, config.admin.token), listen.host, listen.port) \
+            if listen is not None else None
+
+    async def start(self) -> None:
+        """Bind everything (the admin port first: a busy one fails before traffic is taken), then serve."""
+        if self.admin is not None:
+            self.admin.bind()
+        await self.server.start()
+        if self.admin is not None:
+            await self.admin.start()
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self.admin is not None:
+            await self.admin.stop()
+        await self.control.close()
+        await self.server.shutdown(grace)
+
+
+async def _serve(source: ConfigSource, path: str | None, after_start: Callable[[ProxyServer], None] | None) -> int:
     loop = asyncio.get_running_loop()
     config = source if isinstance(source, Config) else await source()
     try:
-        server = ProxyServer(config, loop)
+        instance = Instance(config, path, loop)
     except ConfigError as err:
         log.error("configuration is not valid (%d error(s)):\n%s", len(err.errors), err)
         return 1
+    server, control = instance.server, instance.control
     try:
-        await server.start()
+        await instance.start()
     except OSError as err:
         log.error("cannot listen: %s", err)
-        await server.shutdown(0)
+        await instance.stop(0)
         return 1
     if after_start is not None:
         after_start(server)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[list[str]]] = set()
+
+    def on_hangup() -> None:
+        log.info("SIGHUP: reloading %s", path or "(no config file)")
+        task = loop.create_task(control.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     await stop.wait()
     log.info("stopping: no new connections; waiting up to %gs for requests in flight", server.config.shutdown_grace)
-    await server.shutdown()
+    await instance.stop()
     log.info("stopped")
     return 0

@@ -1,0 +1,1 @@
+"""The control plane's HTTP side: admin API, metrics, dashboard, explain."""

@@ -1,0 +1,99 @@
+"""The JSON shapes of the admin API (DESIGN 4, "Admin API"), made from the running snapshot and counters."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from fulcrum import __version__
+from fulcrum.state.changes import State
+from fulcrum.state.group import Group
+from fulcrum.state.server import Down, Server
+from fulcrum.state.snapshot import Snapshot
+
+#: Why a server is not eligible, by flag, as the API names it.
+DOWN_REASONS = (
+    (Down.ACTIVE_CHECK, "active_check"),
+    (Down.PASSIVE, "passive"),
+    (Down.BREAKER, "breaker"),
+    (Down.DRAINING, "draining"),
+    (Down.DISABLED, "disabled"),
+)
+
+
+class Stats(Protocol):
+    """The process-wide counters the data plane keeps."""
+
+    connections_active: int
+    connections_total: int
+    requests_total: int
+    responses_5xx: int
+    retries_total: int
+
+
+def down_reasons(server: Server) -> list[str]:
+    return [name for flag, name in DOWN_REASONS if server.down & flag]
+
+
+def server_view(server: Server, state: State) -> dict[str, Any]:
+    """One server as the API shows it (``ServerOut`` in ``fulcrum.admin.app``)."""
+    return {
+        "id": server.id,
+        "url": server.url,
+        "weight": server.weight,
+        "state": state,
+        "healthy": server.healthy,
+        "eligible": server.eligible,
+        "down": down_reasons(server),
+        "active": server.active,
+        "requests": server.requests,
+        "errors": server.errors,
+    }
+
+
+def group_view(group: Group, state_of: Callable[[str, Server], State]) -> dict[str, Any]:
+    return {
+        "name": group.name,
+        "balance": group.policy,
+        "servers": [server_view(s, state_of(group.name, s)) for s in group.servers],
+    }
+
+
+def upstreams_view(snapshot: Snapshot, state_of: Callable[[str, Server], State]) -> list[dict[str, Any]]:
+    return [group_view(g, state_of) for g in snapshot.groups.values()]
+
+
+def memory_bytes() -> int:
+    """Resident memory of this process (peak resident memory where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def status_view(
+    snapshot: Snapshot,
+    stats: Stats,
+    started: float,
+    state_of: Callable[[str, Server], State],
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Totals and every group: the shape of ``GET /api/v1/status``."""
+    total = stats.requests_total
+    return {
+        "version": __version__,
+        "uptime_s": round(time.time() - started, 3),
+        "requests_total": total,
+        "success_rate": 1.0 - stats.responses_5xx / total if total else 1.0,
+        "responses_5xx": stats.responses_5xx,
+        "retries_total": stats.retries_total,
+        "connections_active": stats.connections_active,
+        "connections_total": stats.connections_total,
+        "memory_bytes": memory_bytes(),
+        "workers": workers,
+        "upstreams": upstreams_view(snapshot, state_of),
+    }

@@ -1,0 +1,208 @@
+"""The control plane of one process: runtime changes, reloads, and what the admin API reads.
+
+Every change builds a new snapshot from the file's config with the runtime overlay applied
+(``fulcrum.state.changes``) and swaps it in; changes are serialised by one lock, so two admin
+calls never build from the same base.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fulcrum.config import Config, ConfigError, load_config
+from fulcrum.config.schema import ServerSpec
+from fulcrum.proxy.context import Metrics, Stats
+from fulcrum.proxy.server import ProxyServer
+from fulcrum.state.changes import ChangeError, Key, Overlay, State, server_id
+from fulcrum.state.server import Down, Server
+from fulcrum.state.snapshot import Snapshot
+
+log = logging.getLogger("fulcrum")
+
+#: How often a server being deleted is checked for its last request to end.
+REMOVAL_POLL = 0.05
+
+
+class Control:
+    """Owns the running config: the file's, the overlay of runtime changes, and reloads of the file."""
+
+    def __init__(self, server: ProxyServer, config: Config, path: str | None = None) -> None:
+        self.server = server
+        self.path = path
+        self.file_config = config
+        self.overlay = Overlay()
+        self.started = time.time()
+        self.reloads = 0
+        self.last_reload: dict[str, Any] | None = None
+        self._lock = asyncio.Lock()
+        self._removals: asyncio.Task[None] | None = None
+
+    # -- reading -------------------------------------------------------------------
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.server.snapshot
+
+    @property
+    def stats(self) -> Stats:
+        return self.server.ctx.stats
+
+    @property
+    def counters(self) -> Metrics:
+        return self.server.ctx.metrics
+
+    def running_config(self) -> dict[str, Any]:
+        """The file's config as JSON data (the admin token left out), for ``fulcrum check --admin``."""
+        data: dict[str, Any] = self.file_config.model_dump(mode="json")
+        data["admin"]["token"] = None
+        return data
+
+    def changes(self) -> dict[str, Any]:
+        return self.overlay.describe()
+
+    def server_state(self, group: str, server: Server) -> State:
+        return self.overlay.state((group, server.id))
+
+    def find(self, group: str, sid: str) -> Server:
+        """The server ``sid`` of ``group`` in the running snapshot; ``ChangeError`` 404 when there is none."""
+        g = self.snapshot.groups.get(group)
+        if g is None:
+            raise ChangeError(404, f"no upstream group {group!r}", "group")
+        server = g.by_id.get(sid)
+        if server is None:
+            raise ChangeError(404, f"no server {sid!r} in upstream group {group!r}", "id")
+        return server
+
+    # -- runtime changes -----------------------------------------------------------
+
+    async def add_server(self, group: str, url: str, weight: int) -> Server:
+        """Add a server to ``group``; it takes traffic once its first health check passes."""
+        async with self._lock:
+            if group not in self.snapshot.groups:
+                raise ChangeError(404, f"no upstream group {group!r}", "group")
+            try:
+                spec = ServerSpec(url=url, weight=weight)
+            except ValueError as err:  # pydantic's ValidationError is a ValueError
+                raise ChangeError(400, _first_error(err), _first_field(err)) from None
+            sid = server_id(spec.url)
+            if sid in self.snapshot.groups[group].by_id:
+                raise ChangeError(409, f"server {sid} is already in upstream group {group!r}", "url")
+            key = self.overlay.add(group, spec.url, spec.weight)
+            await self._apply()
+            log.info("admin: added server %s to %s (weight %d)", sid, group, spec.weight)
+            return self.find(*key)
+
+    async def update_server(self, group: str, sid: str, weight: int | None, state: State | None) -> Server:
+        """Set the weight or the state (enabled, disabled, draining) of a server."""
+        async with self._lock:
+            self.find(group, sid)
+            key = (group, sid)
+            if key in self.overlay.removing:
+                raise ChangeError(409, f"server {sid} is being removed", "id")
+            if weight is not None:
+                self.overlay.set_weight(key, weight)
+            if state is not None:
+                self.overlay.set_state(key, state)
+            await self._apply()
+            log.info("admin: server %s of %s now %s", sid, group,
+                     ", ".join(p for p in (f"weight {weight}" if weight is not None else "",
+                                           f"state {state}" if state else "") if p))
+            return self.find(group, sid)
+
+    async def remove_server(self, group: str, sid: str) -> Server:
+        """Drain a server at once; it leaves the group when its in-flight requests have finished."""
+        async with self._lock:
+            server = self.find(group, sid)
+            self.overlay.remove((group, sid))
+            self._set_flags(self.snapshot)
+            log.info("admin: removing server %s from %s once its %d request(s) in flight end", sid, group,
+                     server.active)
+            if self._removals is None or self._removals.done():
+                self._removals = asyncio.get_running_loop().create_task(self._finish_removals())
+            return server
+
+    async def _finish_removals(self) -> None:
+        while self.overlay.removing:
+            await asyncio.sleep(REMOVAL_POLL)
+            async with self._lock:
+                done = [k for k in self.overlay.removing if self._idle(k)]
+                if not done:
+                    continue
+                for key in done:
+                    self.overlay.finish_removal(key)
+                    log.info("admin: removed server %s from %s", key[1], key[0])
+                await self._apply()
+
+    def _idle(self, key: Key) -> bool:
+        group = self.snapshot.groups.get(key[0])
+        server = group.by_id.get(key[1]) if group is not None else None
+        return server is None or server.active == 0
+
+    # -- reload --------------------------------------------------------------------
+
+    async def reload(self) -> list[str]:
+        """Read the config file again and swap it in; the errors, when it is refused (nothing changes then)."""
+        if self.path is None:
+            return ["this instance was started without a config file; there is nothing to reload"]
+        async with self._lock:
+            started = time.time()
+            try:
+                config = load_config(self.path)
+                await self._apply(config)
+            except ConfigError as err:
+                errors = [str(issue) for issue in err.errors]
+            except OSError as err:
+                errors = [f"{self.path}: listen: {err.strerror or err}"]
+            else:
+                errors = []
+            self.reloads += 1
+            self.last_reload = {"at": started, "ok": not errors, "errors": errors}
+            if errors:
+                log.error("reload of %s refused, the running config stays (%d error(s)):\n%s", self.path,
+                          len(errors), "\n".join(errors))
+            else:
+                log.info("reloaded %s", self.path)
+            return errors
+
+    # -- applying --------------------------------------------------------------------
+
+    async def _apply(self, config: Config | None = None) -> None:
+        """Swap in the overlay over ``config`` (a new file) or over the file config already running."""
+        base = config if config is not None else self.file_config
+        effective = self.overlay.effective(base)
+        same_routes = config is None or config.routes == self.file_config.routes
+        await self.server.apply(effective, same_routes=same_routes, prepare=self._set_flags)
+        self.file_config = base
+
+    def _set_flags(self, snapshot: Snapshot) -> None:
+        """Operators' states as server flags: disabled, draining (a removal drains too)."""
+        overlay = self.overlay
+        for name, group in snapshot.groups.items():
+            for server in group.servers:
+                state = overlay.state((name, server.id))
+                server.set_down(Down.DISABLED, state == "disabled")
+                server.set_down(Down.DRAINING, state == "draining")
+
+    async def close(self) -> None:
+        if self._removals is not None:
+            self._removals.cancel()
+
+
+def _first_error(err: ValueError) -> str:
+    errors: Callable[[], list[Any]] | None = getattr(err, "errors", None)
+    if errors is None:
+        return str(err)
+    first = errors()[0]
+    return str(first.get("msg", err)).removeprefix("Value error, ")
+
+
+def _first_field(err: ValueError) -> str | None:
+    errors: Callable[[], list[Any]] | None = getattr(err, "errors", None)
+    if errors is None:
+        return None
+    loc = errors()[0].get("loc", ())
+    return ".".join(str(p) for p in loc) or None
