@@ -31,6 +31,12 @@ class RoundRobin(Generic[S]):
         n = len(servers)
         self._next = (rng or random.Random()).randrange(n) if n > 1 else 0
 
+    def __deepcopy__(self, memo: dict[int, object]) -> RoundRobin[S]:
+        """A copy that moves on its own from the same position."""
+        twin: RoundRobin[S] = RoundRobin(())
+        twin._next = self._next
+        return twin
+
     def pick(self, ctx: PickContext, servers: Sequence[S]) -> S | None:
         n = len(servers)
         if n == 0:
@@ -90,6 +96,20 @@ class SmoothWeightedRoundRobin(Generic[S]):
         self._clock = clock or time.monotonic
         self._slow_start = slow_start
         self._adopt(servers)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> SmoothWeightedRoundRobin[S]:
+        """A copy that moves on its own from the same position (servers shared, not copied)."""
+        twin: SmoothWeightedRoundRobin[S] = SmoothWeightedRoundRobin((), clock=self._clock,
+                                                                      slow_start=self._slow_start)
+        twin._servers = self._servers
+        twin._weights = self._weights
+        twin._period = self._period
+        twin._current = list(self._current)
+        twin._ramp_current = list(self._ramp_current)
+        twin._schedule = list(self._schedule)  # grown as picks need it
+        twin._pos = self._pos
+        twin._until = self._until
+        return twin
 
     def _adopt(self, servers: Sequence[S]) -> None:
         self._servers = servers
