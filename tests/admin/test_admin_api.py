@@ -14,7 +14,10 @@ import pytest
 from tests.admin.harness import TOKEN, RunningInstance, write_config
 from tests.support.upstream import UpstreamServer
 
-SERVER_KEYS = {"id", "url", "weight", "state", "healthy", "eligible", "down", "active", "requests", "errors"}
+SERVER_KEYS = {"id", "url", "weight", "state", "healthy", "eligible", "down", "active", "requests", "errors",
+               "recent_requests", "p50_ms", "p99_ms", "bytes_per_s", "new_connection_share"}
+#: Figures that move with the clock between two calls (a rate over the last minute).
+MOVING = {"bytes_per_s"}
 Make = Callable[..., RunningInstance]
 
 
@@ -43,6 +46,11 @@ def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.02)
+
+
+def steady(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Groups without the figures that change as time passes, to compare two answers."""
+    return [{**g, "servers": [{k: v for k, v in s.items() if k not in MOVING} for s in g["servers"]]} for g in groups]
 
 
 def names(proxy_url: str, n: int) -> list[str]:
@@ -93,7 +101,7 @@ def test_status_and_upstreams_have_the_documented_shapes(make_instance: Make,
     assert status["requests_total"] == 8 and status["success_rate"] == 1.0 and status["workers"] == 1
     assert status["memory_bytes"] > 1_000_000
     ups = inst.api.get("/api/v1/upstreams").json()
-    assert ups["upstreams"] == status["upstreams"]
+    assert steady(ups["upstreams"]) == steady(status["upstreams"])
     (app,) = ups["upstreams"]
     assert app["name"] == "app" and app["balance"] == "weighted_round_robin"
     by_id = {s["id"]: s for s in app["servers"]}
@@ -103,9 +111,37 @@ def test_status_and_upstreams_have_the_documented_shapes(make_instance: Make,
         assert s["state"] == "enabled" and s["healthy"] and s["eligible"] and s["down"] == [] and s["active"] == 0
     assert by_id[b.id]["weight"] == 3 and by_id[b.id]["url"] == b.url
     assert by_id[a.id]["requests"] + by_id[b.id]["requests"] == 8 and by_id[b.id]["requests"] == 6
-    assert inst.api.get("/api/v1/upstreams/app").json() == app
+    assert steady([inst.api.get("/api/v1/upstreams/app").json()]) == steady([app])
     missing = inst.api.get("/api/v1/upstreams/nope")
     assert missing.status_code == 404 and missing.json()["field"] == "group"
+
+
+def test_status_shows_the_last_minute_latency_throughput_and_connection_reuse(
+        make_instance: Make, make_upstream: Callable[..., UpstreamServer]) -> None:
+    fast, slow = make_upstream(name="fast"), make_upstream(name="slow")
+    inst = make_instance({"upstreams": {"fast": {"servers": [fast.url]}, "slow": {"servers": [slow.url]}},
+                          "routes": [{"match": {"path_prefix": "/slow-head"}, "upstream": "slow"},
+                                     {"match": {"path_prefix": "/"}, "upstream": "fast"}]})
+    idle = {s["id"]: s for g in inst.api.get("/api/v1/status").json()["upstreams"] for s in g["servers"]}
+    assert idle[fast.id]["recent_requests"] == 0 and idle[fast.id]["p50_ms"] is None
+    assert idle[fast.id]["new_connection_share"] is None and idle[fast.id]["bytes_per_s"] == 0
+    with httpx.Client(trust_env=False) as c:  # one client connection: the proxy reuses its upstream connection
+        for _ in range(10):
+            assert c.get(f"{inst.url}/bytes/10000").status_code == 200
+        for _ in range(4):
+            assert c.get(f"{inst.url}/slow-head/80").status_code == 200
+    with httpx.Client(trust_env=False) as c:
+        assert c.get(f"{inst.url}/bytes/10000", headers={"Connection": "close"}).status_code == 200
+    servers = {s["id"]: s for g in inst.api.get("/api/v1/status").json()["upstreams"] for s in g["servers"]}
+    f, s = servers[fast.id], servers[slow.id]
+    assert f["recent_requests"] == 11 and s["recent_requests"] == 4
+    # Upstream connections are kept after the client's close, so 11 requests opened one connection.
+    assert f["new_connection_share"] == round(fast.connections_accepted / 11, 4) == round(1 / 11, 4)
+    assert s["new_connection_share"] == 0.25
+    # Buckets are 25% wide: the slow server's median is 80 ms and more, within a bucket's width.
+    assert 80 <= s["p50_ms"] <= 80 * 1.25 + 20 and s["p50_ms"] <= s["p99_ms"]
+    assert f["p50_ms"] < 80 and f["p99_ms"] >= f["p50_ms"]
+    assert f["bytes_per_s"] > 0 and s["bytes_per_s"] > 0
 
 
 def test_openapi_document_lists_every_endpoint(make_instance: Make, upstream_server: UpstreamServer) -> None:

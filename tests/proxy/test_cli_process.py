@@ -193,3 +193,41 @@ def test_simulate_prints_spread_and_key_movement(tmp_path: Path) -> None:
     share = next(float(r[3].rstrip("%")) for r in (ln.split() for ln in out.stdout.splitlines())
              if r and r[0] == "10.0.0.2:80" and len(r) == 5)
     assert 40 <= share <= 60
+
+
+def test_run_refuses_a_public_admin_listener_without_a_token_before_binding(tmp_path: Path) -> None:
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "f.yaml"
+    cfg.write_text(f"listen: ['127.0.0.1:{port}']\nadmin: {{listen: '0.0.0.0:{admin}'}}\n"
+                   "upstreams:\n  app:\n    servers: ['http://127.0.0.1:9']\n")
+    proc = subprocess.Popen([*FULCRUM, "run", "-c", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Watch the ports while it starts: neither may ever accept a connection.
+    bound = []
+    while proc.poll() is None:
+        for p in (port, admin):
+            try:
+                with socket.create_connection(("127.0.0.1", p), timeout=0.05):
+                    bound.append(p)
+            except OSError:
+                pass
+        time.sleep(0.01)
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    if proc.stdout is not None:
+        proc.stdout.close()
+    assert proc.returncode == 1, out
+    assert "admin.token" in out and "loopback" in out, out
+    assert bound == []
+    # With a token it starts and serves both.
+    cfg.write_text(cfg.read_text().replace("'}", "', token: s3cret-token}"))
+    proc = subprocess.Popen([*FULCRUM, "run", "-c", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_port(admin, proc)
+        assert httpx.get(f"http://127.0.0.1:{admin}/api/v1/status", trust_env=False).status_code == 401
+        ok = httpx.get(f"http://127.0.0.1:{admin}/api/v1/status", trust_env=False,
+                       headers={"Authorization": "Bearer s3cret-token"})
+        assert ok.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -93,6 +93,12 @@ class ServerOut(BaseModel):
     active: int
     requests: int
     errors: int
+    recent_requests: int = Field(description="requests that ended in the last minute")
+    p50_ms: float | None = Field(description="median response time over the last minute (null: no requests)")
+    p99_ms: float | None = Field(description="99th percentile response time over the last minute")
+    bytes_per_s: float = Field(description="response bytes sent to clients per second over the last minute")
+    new_connection_share: float | None = Field(
+        description="share of the last minute's requests that opened a new upstream connection (0: all reused)")
 
 
 class GroupOut(BaseModel):

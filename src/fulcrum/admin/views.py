@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
 import time
@@ -51,6 +52,27 @@ def server_view(server: Server, state: State) -> dict[str, Any]:
         "active": server.active,
         "requests": server.requests,
         "errors": server.errors,
+        **recent_view(server),
+    }
+
+
+def loop_now() -> float:
+    """The data plane's clock (the running loop's time; the same monotonic clock outside a loop)."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
+
+
+def recent_view(server: Server) -> dict[str, Any]:
+    """The server's last minute: latency percentiles, bytes per second, connection reuse."""
+    requests, p50, p99, rate, share = server.recent.summary(loop_now())
+    return {
+        "recent_requests": requests,
+        "p50_ms": None if p50 is None else round(p50, 3),
+        "p99_ms": None if p99 is None else round(p99, 3),
+        "bytes_per_s": round(rate, 1),
+        "new_connection_share": None if share is None else round(share, 4),
     }
 
 

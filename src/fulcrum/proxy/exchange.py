@@ -909,13 +909,14 @@ class Exchange:
             ctx.timed.discard(self)
         status = self.status
         t0 = self.t0
-        ctx.metrics.by_route[route.name if route is not None else "-"].record(
-            status, perf_counter() - t0 if t0 else 0.0)
+        seconds = perf_counter() - t0 if t0 else 0.0
+        ctx.metrics.by_route[route.name if route is not None else "-"].record(status, seconds)
         server = self.server
         if server is not None:
             server.active -= 1
             codes = server.codes
             codes[status] = codes.get(status, 0) + 1
+            server.recent.record(ctx.now, seconds * 1000.0, self.bytes_out)
             group = self.group
             if group is not None and group.guards is not None:
                 group.guards.finish(server, self.outcome, ctx.now)

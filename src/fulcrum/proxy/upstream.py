@@ -428,6 +428,7 @@ class Pool:
             self.connect_timeout,
         )
         self.opened += 1
+        server.recent.connected(self.ctx.now)
         return conn
 
     def wake(self) -> None:
