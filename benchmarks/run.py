@@ -40,6 +40,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -57,12 +58,15 @@ VENV_BIN = Path(sys.executable).parent  # the venv's bin/ when run as `.venv/bin
 EXPECTED_BODY = b"hello, world\n"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 DEFAULT_BASE_PORT = 19380  # below the usual ephemeral range, so wrk's own sockets never take it
-ALL_PROXIES = ("nginx", "nginx-ka1k", "fulcrum", "fulcrum-mw5", "fulcrum-1k")
+ALL_PROXIES = ("nginx", "nginx-ka1k", "fulcrum", "fulcrum-mw5", "fulcrum-1k", "fulcrum-admin")
 DEFAULT_PROXIES = ("nginx", "fulcrum")
-#: ``--gateway``: the bare route beside a route with five built-in middlewares and a 1,000-route table.
-GATEWAY_PROXIES = ("nginx", "fulcrum", "fulcrum-mw5", "fulcrum-1k")
+#: ``--gateway``: the bare route beside a route with five built-in middlewares, a 1,000-route table, and the
+#: bare route with the admin listener on and a client reading its status every second.
+GATEWAY_PROXIES = ("nginx", "fulcrum", "fulcrum-mw5", "fulcrum-1k", "fulcrum-admin")
 #: What the gateway variants are compared with (the bare route, same Fulcrum build, same run).
-GATEWAY_TARGETS = {"fulcrum-mw5": 1.5, "fulcrum-1k": None}
+GATEWAY_TARGETS = {"fulcrum-mw5": 1.5, "fulcrum-1k": None, "fulcrum-admin": 1.05}
+#: How often the status poller reads ``/api/v1/status`` of fulcrum-admin (what a dashboard does).
+ADMIN_POLL_S = 1.0
 BASELINE = "nginx"
 SUBJECT = "fulcrum"
 APT_PACKAGES = {"nginx": "nginx", "wrk": "wrk", "taskset": "util-linux"}
@@ -96,6 +100,11 @@ class Ports:
 
     def proxy(self, name: str) -> int:
         return self.base + 10 + ALL_PROXIES.index(name)
+
+    @property
+    def admin(self) -> int:
+        """fulcrum-admin's admin listener."""
+        return self.base + 30
 
 
 @dataclass
@@ -603,10 +612,15 @@ def fulcrum_proxy(opts: Options, port: int) -> Proxy:
     return Proxy(SUBJECT, port, argv, "fulcrum proxy, default features")
 
 
-def gateway_config(name: str, port: int, backends: Sequence[int], run_dir: Path) -> dict[str, Any]:
-    """The config of a gateway variant: same upstreams and defaults as ``fulcrum proxy``, another route table."""
-    group = {"balance": "round_robin", "servers": [f"http://127.0.0.1:{p}" for p in backends]}
-    if name == "fulcrum-mw5":
+def gateway_config(name: str, port: int, ports: Ports, run_dir: Path) -> dict[str, Any]:
+    """The config of a gateway variant: same upstreams and defaults as ``fulcrum proxy``, another route table
+    (or the admin listener on)."""
+    group = {"balance": "round_robin", "servers": [f"http://127.0.0.1:{p}" for p in ports.backends]}
+    admin: dict[str, Any] = {"listen": None}
+    if name == "fulcrum-admin":
+        routes: list[dict[str, Any]] = [{"match": {"path_prefix": "/"}, "upstream": "app"}]
+        admin = {"listen": f"127.0.0.1:{ports.admin}"}
+    elif name == "fulcrum-mw5":
         middleware = [
             {"request_id": {}},
             {"access_log": {"format": "combined", "path": str(run_dir / "fulcrum-mw5.access.log")}},
@@ -614,13 +628,13 @@ def gateway_config(name: str, port: int, backends: Sequence[int], run_dir: Path)
             {"cors": {"allow_origins": ["https://app.example"]}},
             {"headers": {"preset": "secure"}},
         ]
-        routes: list[dict[str, Any]] = [{"match": {"path_prefix": "/"}, "upstream": "app", "middleware": middleware}]
+        routes = [{"match": {"path_prefix": "/"}, "upstream": "app", "middleware": middleware}]
     else:  # fulcrum-1k: 999 routes that do not match (a host and prefix each), then the one that does
         routes = [
             {"match": {"host": f"h{i}.example.com", "path_prefix": f"/p{i}/"}, "upstream": "app"} for i in range(999)
         ]
         routes.append({"match": {"path_prefix": "/"}, "upstream": "app"})
-    return {"listen": [f"127.0.0.1:{port}"], "upstreams": {"app": group}, "routes": routes}
+    return {"listen": [f"127.0.0.1:{port}"], "upstreams": {"app": group}, "routes": routes, "admin": admin}
 
 
 def build_proxies(opts: Options, run_dir: Path) -> list[Proxy]:
@@ -633,11 +647,16 @@ def build_proxies(opts: Options, run_dir: Path) -> list[Proxy]:
             continue
         if name in GATEWAY_TARGETS:
             conf_path = run_dir / f"{name}.json"
-            conf_path.write_text(json.dumps(gateway_config(name, port, opts.ports.backends, run_dir), indent=1))
+            conf_path.write_text(json.dumps(gateway_config(name, port, opts.ports, run_dir), indent=1))
             fulcrum = VENV_BIN / "fulcrum"
             exe = str(fulcrum) if fulcrum.exists() else (shutil.which("fulcrum") or str(fulcrum))
-            note = ("five middlewares: request_id, access_log to a file, rate_limit (high), cors, headers secure"
-                    if name == "fulcrum-mw5" else "1,000 routes (host + prefix), the request matches the last")
+            note = {
+                "fulcrum-mw5": "five middlewares: request_id, access_log to a file, rate_limit (high), cors, "
+                               "headers secure",
+                "fulcrum-1k": "1,000 routes (host + prefix), the request matches the last",
+                "fulcrum-admin": f"the bare route with the admin listener on, GET /api/v1/status every "
+                                 f"{ADMIN_POLL_S:g} s during the whole run",
+            }[name]
             proxies.append(Proxy(name, port, [exe, "run", "-c", str(conf_path)], note))
             continue
         keepalive = 1024 if name == "nginx-ka1k" else 32
@@ -1123,6 +1142,40 @@ def profile_run(procs: Processes, opts: Options, proxy: Proxy, stamp: str) -> di
 # ---------------------------------------------------------------- main
 
 
+class StatusPoller:
+    """Reads fulcrum-admin's ``/api/v1/status`` every ADMIN_POLL_S seconds in a thread, as an open dashboard does."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.ok = 0
+        self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="status-poller", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(ADMIN_POLL_S):
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", "/api/v1/status")
+                resp = conn.getresponse()
+                json.loads(resp.read())
+                conn.close()
+                if resp.status == 200:
+                    self.ok += 1
+                else:
+                    self.failed += 1
+            except (OSError, ValueError, http.client.HTTPException):
+                self.failed += 1
+
+
 def proxy_port(opts: Options, name: str) -> int:
     if name == SUBJECT and opts.fulcrum_config and opts.fulcrum_port:
         return opts.fulcrum_port
@@ -1132,6 +1185,8 @@ def proxy_port(opts: Options, name: str) -> int:
 def check_ports(opts: Options) -> None:
     """Fail with a clear message, before anything starts, if a port of the run is taken."""
     ports = [opts.ports.status, *opts.ports.backends, *(proxy_port(opts, name) for name in opts.proxies)]
+    if "fulcrum-admin" in opts.proxies:
+        ports.append(opts.ports.admin)
     if len(set(ports)) != len(ports):
         raise SystemExit(f"two parts of the run would share a port: {ports}")
     busy = [p for p in ports if port_in_use(p)]
@@ -1239,6 +1294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     proxies = build_proxies(opts, run_dir)
 
     procs = Processes()
+    poller: StatusPoller | None = None
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     pinning = f"wrk + upstreams on CPU {opts.load_cpu}, proxy on CPU {opts.proxy_cpu}" if opts.load_cpu else "none"
@@ -1259,7 +1315,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ready = start_proxies(procs, opts, run_dir, proxies)
         if not ready:
             raise SystemExit("no proxy came up; nothing to measure")
+        if any(p.name == "fulcrum-admin" for p in ready):
+            poller = StatusPoller(opts.ports.admin)
+            poller.start()
         runs, discarded = measure_all(procs, opts, ready, backend.pid)
+        if poller is not None:
+            poller.stop()
+            log(f"status poller: {poller.ok} reads of /api/v1/status, {poller.failed} failed")
         profile: dict[str, Any] | None = None
         subject = next((p for p in ready if p.name == SUBJECT), None)
         if opts.profile:
@@ -1272,6 +1334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if poller is not None:
+            poller.stop()
         procs.stop_all()
 
     names = [p.name for p in ready]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -319,6 +320,19 @@ def test_metrics_count_requests_by_route_upstream_and_code(make_instance: Make,
         assert line in text, line
     assert "fulcrum_connections_active " in text
     assert 'fulcrum_request_duration_seconds_bucket{le="+Inf",route="api",upstream="app"} 2.0' in text
+    # Buckets from 0.5 ms to 10 s, cumulative: a slow request lands above 0.25 s, and so in every bucket after.
+    with httpx.Client(trust_env=False) as c:
+        assert c.get(f"{inst.url}/api/slow-head/300").status_code == 200
+    text = inst.api.get("/metrics").text
+    bucket = r'fulcrum_request_duration_seconds_bucket\{le="([^"]+)",route="api",upstream="app"\} (\S+)'
+    found = re.findall(bucket, text)
+    les = [le for le, _ in found]
+    assert les[0] == "0.0005" and les[-2:] == ["10.0", "+Inf"] and len(les) == 15
+    counts = {le: float(n) for le, n in found}
+    assert counts["0.25"] == 2.0 and counts["0.5"] == 3.0 and counts["+Inf"] == 3.0
+    assert all(a <= b for a, b in zip(list(counts.values()), list(counts.values())[1:], strict=False))
+    total = float(re.search(r'fulcrum_request_duration_seconds_sum\{route="api",upstream="app"\} (\S+)', text)[1])
+    assert 0.3 <= total < 1.0
     assert "process_resident_memory_bytes" in text
 
 

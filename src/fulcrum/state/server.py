@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bisect import bisect_left
+import math
 from collections.abc import Callable
 from enum import IntFlag
 from urllib.parse import urlsplit
@@ -19,83 +19,113 @@ class Down(IntFlag):
     DISABLED = 16  # switched off by an operator
 
 
-#: Upper bounds (ms) of the last-minute latency buckets: 0.05 ms to about 65 s, each 25% above the one before,
-#: so a percentile read from them is within 25% of the true one. One more bucket holds the rest.
-RECENT_BOUNDS: tuple[float, ...] = tuple(0.05 * 1.25 ** i for i in range(64))
+#: The last-minute latency buckets: bucket 0 holds up to RECENT_MIN_MS, bucket j up to RECENT_MIN_MS * 1.25**j
+#: (0.05 ms to about 65 s), so a percentile read from them is within 25% of the true one. The last holds the rest.
+RECENT_MIN_MS = 0.05
+RECENT_GROWTH = 1.25
+RECENT_BUCKETS = 65
+_LOG_GROWTH = math.log(RECENT_GROWTH)
 #: The window is RECENT_SLOTS slots of RECENT_SLOT_S seconds: the slot being filled and the five before it.
 RECENT_SLOT_S = 10.0
 RECENT_SLOTS = 6
 
 
+def recent_bound(j: int) -> float:
+    """The upper bound (ms) of last-minute bucket ``j``."""
+    return RECENT_MIN_MS * RECENT_GROWTH ** j
+
+
+def recent_bucket(ms: float) -> int:
+    """The bucket of a response time: computed, not searched (one logarithm, no loop, no allocation)."""
+    if ms <= RECENT_MIN_MS:
+        return 0
+    j = math.ceil(math.log(ms / RECENT_MIN_MS) / _LOG_GROWTH)
+    return j if j < RECENT_BUCKETS - 1 else RECENT_BUCKETS - 1
+
+
+class RecentSlot:
+    """RECENT_SLOT_S seconds of one server: counters as native ints, so recording allocates nothing."""
+
+    __slots__ = ("bytes", "connects", "hist", "requests", "tick")
+
+    def __init__(self) -> None:
+        self.tick = -1  # which slot of time it holds
+        self.requests = 0
+        self.bytes = 0
+        self.connects = 0
+        self.hist = [0] * RECENT_BUCKETS
+
+    def reset(self, tick: int) -> None:
+        self.tick = tick
+        self.requests = 0
+        self.bytes = 0
+        self.connects = 0
+        hist = self.hist
+        for j in range(RECENT_BUCKETS):
+            hist[j] = 0
+
+
 class Recent:
     """One server's last minute: requests, response bytes, new connections and a latency histogram.
 
-    Kept in time slots that are reset as the clock comes round to them again, so recording is a few
-    additions (no allocation) and reading adds up at most six slots.
+    Kept in time slots that are reset as the clock comes round to them again: recording is a few
+    additions to the current slot, and reading adds up at most six slots.
     """
 
-    __slots__ = ("bytes", "connects", "hist", "requests", "since", "ticks")
+    __slots__ = ("current", "since", "slots")
 
     def __init__(self) -> None:
-        self.ticks = [-1] * RECENT_SLOTS  # which slot of time each holds
-        self.requests = [0] * RECENT_SLOTS
-        self.bytes = [0] * RECENT_SLOTS
-        self.connects = [0] * RECENT_SLOTS
-        self.hist = [[0] * (len(RECENT_BOUNDS) + 1) for _ in range(RECENT_SLOTS)]
+        self.slots = [RecentSlot() for _ in range(RECENT_SLOTS)]
+        self.current = self.slots[0]
         self.since = -1.0  # loop time of the first thing recorded
 
-    def _slot(self, now: float) -> int:
+    def _slot(self, now: float) -> RecentSlot:
         tick = int(now // RECENT_SLOT_S)
-        i = tick % RECENT_SLOTS
-        if self.ticks[i] != tick:
+        slot = self.current
+        if slot.tick != tick:
             if self.since < 0:
                 self.since = now
-            self.ticks[i] = tick
-            self.requests[i] = 0
-            self.bytes[i] = 0
-            self.connects[i] = 0
-            hist = self.hist[i]
-            for j in range(len(hist)):
-                hist[j] = 0
-        return i
+            slot = self.current = self.slots[tick % RECENT_SLOTS]
+            slot.reset(tick)
+        return slot
 
     def record(self, now: float, ms: float, nbytes: int) -> None:
         """A response ended at loop time ``now`` after ``ms``, with ``nbytes`` sent to the client."""
-        i = self._slot(now)
-        self.requests[i] += 1
-        self.bytes[i] += nbytes
-        self.hist[i][bisect_left(RECENT_BOUNDS, ms)] += 1
+        slot = self._slot(now)
+        slot.requests += 1
+        slot.bytes += nbytes
+        slot.hist[recent_bucket(ms)] += 1
 
     def connected(self, now: float) -> None:
         """A new upstream connection was opened."""
-        self.connects[self._slot(now)] += 1
+        self._slot(now).connects += 1
 
     def summary(self, now: float) -> tuple[int, float | None, float | None, float, float | None]:
         """(requests, p50 ms, p99 ms, bytes per second, share of requests on a new connection) of the last minute."""
         tick = int(now // RECENT_SLOT_S)
-        live = [i for i in range(RECENT_SLOTS) if tick - RECENT_SLOTS < self.ticks[i] <= tick]
-        requests = sum(self.requests[i] for i in live)
+        live = [slot for slot in self.slots if tick - RECENT_SLOTS < slot.tick <= tick]
+        requests = sum(slot.requests for slot in live)
         start = max(self.since, (tick - RECENT_SLOTS + 1) * RECENT_SLOT_S)
         seconds = now - start if self.since >= 0 else 0.0
-        rate = sum(self.bytes[i] for i in live) / seconds if seconds > 0 else 0.0
+        rate = sum(slot.bytes for slot in live) / seconds if seconds > 0 else 0.0
         if not requests:
             return 0, None, None, rate, None
-        hist = [sum(self.hist[i][j] for i in live) for j in range(len(RECENT_BOUNDS) + 1)]
-        share = min(1.0, sum(self.connects[i] for i in live) / requests)
+        hist = [sum(slot.hist[j] for slot in live) for j in range(RECENT_BUCKETS)]
+        share = min(1.0, sum(slot.connects for slot in live) / requests)
         return requests, _percentile(hist, requests, 0.5), _percentile(hist, requests, 0.99), rate, share
 
 
 def _percentile(hist: list[int], count: int, q: float) -> float:
-    """The ``q`` quantile of a RECENT_BOUNDS histogram, interpolated inside its bucket."""
+    """The ``q`` quantile of a last-minute histogram, interpolated inside its bucket."""
     rank = q * count
     seen = 0
     for j, n in enumerate(hist):
         if n and seen + n >= rank:
-            low = RECENT_BOUNDS[j - 1] if j else 0.0
-            high = RECENT_BOUNDS[j] if j < len(RECENT_BOUNDS) else RECENT_BOUNDS[-1] * 1.25
+            low = recent_bound(j - 1) if j else 0.0
+            high = recent_bound(j)
             return low + (high - low) * max(0.0, rank - seen) / n
         seen += n
-    return RECENT_BOUNDS[-1]
+    return recent_bound(RECENT_BUCKETS - 1)
 
 
 class Server:
