@@ -13,6 +13,7 @@ from fulcrum.admin.listener import AdminListener
 from fulcrum.config import Config, ConfigError
 from fulcrum.proxy.server import ProxyServer, install_uvloop
 from fulcrum.supervisor.control import Control
+from fulcrum.supervisor.watch import watch_file
 
 log = logging.getLogger("fulcrum")
 
@@ -29,13 +30,15 @@ def run(
     *,
     path: str | None = None,
     after_start: Callable[[ProxyServer], None] | None = None,
+    watch: float = 0.0,
 ) -> int:
     """Serve a config in this process until SIGTERM/SIGINT; returns the exit code.
 
-    ``path`` is the config file, read again on SIGHUP and ``POST /api/v1/reload``.
+    ``path`` is the config file, read again on SIGHUP and ``POST /api/v1/reload``, and every time it
+    changes when ``watch`` (seconds between looks) is set.
     """
     with asyncio.Runner(loop_factory=install_uvloop()) as runner:
-        return runner.run(_serve(source, path, after_start))
+        return runner.run(_serve(source, path, after_start, watch))
 
 
 class Instance:
@@ -64,7 +67,12 @@ class Instance:
         await self.server.shutdown(grace)
 
 
-async def _serve(source: ConfigSource, path: str | None, after_start: Callable[[ProxyServer], None] | None) -> int:
+async def _serve(
+    source: ConfigSource,
+    path: str | None,
+    after_start: Callable[[ProxyServer], None] | None,
+    watch: float = 0.0,
+) -> int:
     loop = asyncio.get_running_loop()
     config = source if isinstance(source, Config) else await source()
     try:
@@ -93,7 +101,10 @@ async def _serve(source: ConfigSource, path: str | None, after_start: Callable[[
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    watcher = loop.create_task(watch_file(path, control.reload, watch)) if path and watch > 0 else None
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     log.info("stopping: no new connections; waiting up to %gs for requests in flight", server.config.shutdown_grace)
     await instance.stop()
     log.info("stopped")
