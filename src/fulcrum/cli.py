@@ -1,4 +1,4 @@
-"""The ``fulcrum`` command: run, check, demo, proxy, simulate."""
+"""The ``fulcrum`` command: run, check (and what a reload would change), demo, proxy, simulate, top."""
 
 from __future__ import annotations
 
@@ -48,19 +48,75 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     path = _config_path(args.config)
     config = _load(path)
-    if config is None:
+    # Both sides are read before giving up, so every error of both is printed at once.
+    compare = args.diff is not None or args.admin is not None
+    old = None
+    if args.diff is not None:
+        old = _load(args.diff)
+    elif args.admin is not None:
+        old = _running_config(args.admin, _admin_token(args))
+    if config is None or (compare and old is None):
         return 1
     gateway = _build_routes(config, path)
     if gateway is None:
         return 1
     try:
         print(f"{path}: configuration is valid")
-        print(describe(config))
-        print("compiled route table (first match wins):")
-        print(describe_routes(gateway.table))
+        if old is None:
+            print(describe(config))
+            print("compiled route table (first match wins):")
+            print(describe_routes(gateway.table))
+        else:
+            _print_diff(old, config, args, path)
     finally:
         gateway.close()
     return 0
+
+
+def _admin_token(args: argparse.Namespace) -> str | None:
+    from fulcrum.top import TOKEN_ENV
+
+    token: str | None = args.token or os.environ.get(TOKEN_ENV) or None
+    return token
+
+
+def _running_config(url: str, token: str | None) -> Config | None:
+    """The config running at the admin API ``url`` (``GET /api/v1/config``); None, with a message, when unreadable."""
+    from fulcrum.config.diff import config_from_dump
+    from fulcrum.top import AdminError, admin_base, get_json
+
+    base = admin_base(url)
+    try:
+        data = get_json(base, "/api/v1/config", token)
+    except AdminError as err:
+        print(f"fulcrum: {err}", file=sys.stderr)
+        return None
+    if not isinstance(data, dict) or "upstreams" not in data:
+        print(f"fulcrum: GET {base}/api/v1/config did not answer a config (is {base} Fulcrum's admin listener?)",
+              file=sys.stderr)
+        return None
+    try:
+        return config_from_dump(data, source=f"{base}/api/v1/config")
+    except ConfigError as err:
+        print(f"fulcrum: the running config does not validate here ({len(err.errors)} error(s)); is this fulcrum "
+              f"({__version__}) older than the instance's?", file=sys.stderr)
+        print(str(err), file=sys.stderr)
+        return None
+
+
+def _print_diff(old: Config, new: Config, args: argparse.Namespace, path: str) -> None:
+    from fulcrum.config.diff import diff_configs, format_changes
+
+    # The admin API never tells the token, so its change cannot be known (nor shown: it is a secret).
+    ignore = ("admin.token",) if args.admin is not None else ()
+    changes = diff_configs(old, new, ignore=ignore)
+    where = args.diff if args.diff is not None else f"the config running at {args.admin}"
+    if not changes:
+        print(f"no changes from {where}")
+        return
+    print(f"a reload from {where} to {path} would make {len(changes)} change(s):")
+    for line in format_changes(changes):
+        print(f"  {line}")
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
@@ -93,7 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.access_log and not config.access_log:
         config = config.model_copy(update={"access_log": True})
     setup_logging()
-    return run(config, path=path)
+    return run(config, path=path, watch=1.0 if args.watch else 0.0)
 
 
 def _quick_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -175,6 +231,22 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    from fulcrum.top import admin_base, run
+
+    return run(admin_base(args.admin), _admin_token(args), interval=args.interval, once=args.once)
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fulcrum", description="Fulcrum: load balancer and reverse proxy.")
     parser.add_argument("--version", action="version", version=f"fulcrum {__version__}")
@@ -183,10 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run with a config file")
     p.add_argument("-c", "--config", help=f"config file (default: $FULCRUM_CONFIG or {DEFAULT_CONFIG})")
     p.add_argument("--access-log", action="store_true", help="log one line per request to stdout")
+    p.add_argument("--watch", action="store_true", help="reload when the config file changes (checked every second)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("check", help="validate a config file and print what it sets up")
+    p = sub.add_parser("check", help="validate a config file and print what it sets up (or what a reload to it "
+                       "would change)")
     p.add_argument("-c", "--config", help=f"config file (default: $FULCRUM_CONFIG or {DEFAULT_CONFIG})")
+    old = p.add_mutually_exclusive_group()
+    old.add_argument("--diff", metavar="OLD", help="print what a reload from the config file OLD to this one would "
+                     "change, instead of the whole config")
+    old.add_argument("--admin", metavar="URL", help="the same, from the config running at this admin API "
+                     "(e.g. http://127.0.0.1:9090)")
+    p.add_argument("--token", help="admin API bearer token for --admin (default: $FULCRUM_ADMIN_TOKEN)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("hash-password", help="print a bcrypt hash for basic_auth (password read from the terminal)")
@@ -214,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", type=int, default=10000, help="distinct keys for hash policies (default 10000)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("top", help="the dashboard's live table in a terminal, from a running instance's admin API")
+    p.add_argument("--admin", metavar="URL", default="http://127.0.0.1:9090",
+                   help="the admin API (default http://127.0.0.1:9090)")
+    p.add_argument("--token", help="admin API bearer token (default: $FULCRUM_ADMIN_TOKEN)")
+    p.add_argument("--interval", type=_seconds, default=1.0, metavar="S", help="seconds between polls (default 1)")
+    p.add_argument("--once", action="store_true", help="print one picture (rates over one interval) and exit")
+    p.set_defaults(func=cmd_top)
     return parser
 
 
