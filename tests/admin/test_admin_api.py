@@ -306,6 +306,8 @@ def test_metrics_count_requests_by_route_upstream_and_code(make_instance: Make,
     assert r.headers["content-type"].startswith("text/plain")
     text = r.text
     sid = upstream_server.id
+    (server,) = inst.api.get("/api/v1/upstreams/app").json()["servers"]
+    assert server["requests"] == 2 and server["errors"] == 1  # the 503 answer is an error of the server
     for line in [
         'fulcrum_requests_total{code="200",route="api",upstream="app"} 1.0',
         'fulcrum_requests_total{code="503",route="api",upstream="app"} 1.0',

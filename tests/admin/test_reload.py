@@ -295,3 +295,43 @@ def test_sighup_reloads_and_a_bad_file_on_sighup_keeps_the_old_config(
         reader.join(5)
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_run_watch_reloads_when_the_file_changes_and_keeps_serving_a_broken_one(
+        tmp_path: Path, make_upstream: Callable[..., UpstreamServer]) -> None:
+    a, b = make_upstream(name="a"), make_upstream(name="b")
+    port = free_port()
+    path = write_config(tmp_path / "fulcrum.json", {"listen": [f"127.0.0.1:{port}"], "admin": {"listen": None},
+                                                    "upstreams": {"app": {"servers": [a.url]}}})
+    proc = subprocess.Popen([*fulcrum_command(), "run", "--watch", "-c", str(path)], stderr=subprocess.PIPE,
+                            text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+
+    def served_by() -> str | None:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/", trust_env=False, timeout=2).headers.get("x-upstream-name")
+        except httpx.HTTPError:
+            return None
+
+    def wait_for(check: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 20
+        while not check():
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+
+    try:
+        wait_for(lambda: served_by() == "a")
+        write_config(path, {"listen": [f"127.0.0.1:{port}"], "admin": {"listen": None},
+                            "upstreams": {"app": {"servers": [b.url]}}})
+        wait_for(lambda: served_by() == "b")
+        path.write_text('{"upstreams": {"app": {"servers": []}}}')
+        wait_for(lambda: any("refused" in line for line in lines))
+        assert served_by() == "b"
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        reader.join(5)
+        if proc.stderr is not None:
+            proc.stderr.close()

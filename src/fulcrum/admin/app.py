@@ -91,8 +91,9 @@ class ServerOut(BaseModel):
     eligible: bool
     down: list[str] = Field(description="why it is not eligible: active_check, passive, breaker, draining, disabled")
     active: int
-    requests: int
-    errors: int
+    requests: int = Field(description="attempts sent to this server (a retried request counts once per server)")
+    errors: int = Field(description="attempts that failed (connect error, reset, timeout, broken response) "
+                                    "or were answered with a 5xx")
     recent_requests: int = Field(description="requests that ended in the last minute")
     p50_ms: float | None = Field(description="median response time over the last minute (null: no requests)")
     p99_ms: float | None = Field(description="99th percentile response time over the last minute")

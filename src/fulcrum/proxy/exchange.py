@@ -456,7 +456,11 @@ class Exchange:
             and (group.guards is not None or group.track_latency)
             and self._response_hooks(group, status)
         ):
-            return  # retried on another server
+            return  # retried on another server (which counted the error)
+        if status >= 500:  # the server answered with an error: counted with its failed attempts
+            server = self.server
+            if server is not None:
+                server.errors += 1
         route = self.route
         if route is not None and (route.chain is not None or route.response_headers is not None):
             resp = Response.upstream(status, head)

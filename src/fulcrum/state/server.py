@@ -133,8 +133,9 @@ class Server:
 
     ``id`` is ``host:port``, unique within its group. Health checks and the
     admin API write the flags; balancing policies only read. ``active`` counts
-    requests in flight through this process; ``ewma_ms`` is the smoothed
-    response time.
+    requests in flight through this process; ``requests`` counts the attempts sent to it and
+    ``errors`` those that failed (connect error, reset, timeout, a broken response) or were answered
+    with a 5xx; ``ewma_ms`` is the smoothed response time.
     """
 
     __slots__ = (
