@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +21,6 @@ SERVER_KEYS = {"id", "url", "weight", "state", "healthy", "eligible", "down", "a
 MOVING = {"bytes_per_s"}
 Make = Callable[..., RunningInstance]
 
-
-@pytest.fixture
-def make_instance(tmp_path: Path) -> Iterator[Make]:
-    """Start instances from config dicts (written to a file, so reload can read it); stopped after the test."""
-    started: list[RunningInstance] = []
-
-    def make(config: dict[str, Any], name: str = "fulcrum.json") -> RunningInstance:
-        inst = RunningInstance(write_config(tmp_path / name, config)).start()
-        started.append(inst)
-        return inst
-
-    yield make
-    for inst in started:
-        inst.stop()
 
 
 def group(*servers: str, **spec: Any) -> dict[str, Any]:

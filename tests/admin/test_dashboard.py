@@ -21,7 +21,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from tests.admin.harness import TOKEN, RunningInstance, write_config
+from tests.admin.harness import TOKEN, RunningInstance
 from tests.support.upstream import UpstreamServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,19 +60,6 @@ def page(browser: Browser) -> Iterator[Page]:
     yield tab
     context.close()
 
-
-@pytest.fixture
-def make_instance(tmp_path: Path) -> Iterator[Make]:
-    started: list[RunningInstance] = []
-
-    def make(config: dict[str, Any], name: str = "fulcrum.json") -> RunningInstance:
-        inst = RunningInstance(write_config(tmp_path / name, config)).start()
-        started.append(inst)
-        return inst
-
-    yield make
-    for inst in started:
-        inst.stop()
 
 
 @pytest.fixture

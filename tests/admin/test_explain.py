@@ -4,31 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.admin.harness import RunningInstance, write_config
+from tests.admin.harness import RunningInstance
 from tests.support.upstream import UpstreamServer
 
 Make = Callable[..., RunningInstance]
 
-
-@pytest.fixture
-def make_instance(tmp_path: Path) -> Iterator[Make]:
-    started: list[RunningInstance] = []
-
-    def make(config: dict[str, Any]) -> RunningInstance:
-        inst = RunningInstance(write_config(tmp_path / "fulcrum.json", config)).start()
-        started.append(inst)
-        return inst
-
-    yield make
-    for inst in started:
-        inst.stop()
 
 
 def explain(inst: RunningInstance, **params: Any) -> dict[str, Any]:

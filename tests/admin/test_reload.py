@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +23,6 @@ from tests.support.upstream import UpstreamServer
 Make = Callable[..., RunningInstance]
 ADMIN = {"listen": "127.0.0.1:0", "token": TOKEN}
 
-
-@pytest.fixture
-def make_instance(tmp_path: Path) -> Iterator[Make]:
-    started: list[RunningInstance] = []
-
-    def make(config: dict[str, Any]) -> RunningInstance:
-        inst = RunningInstance(write_config(tmp_path / "fulcrum.json", config)).start()
-        started.append(inst)
-        return inst
-
-    yield make
-    for inst in started:
-        inst.stop()
 
 
 def free_port() -> int:
@@ -247,91 +234,82 @@ def test_runtime_changes_survive_a_reload_as_the_readme_states(
     assert servers[a.id]["weight"] == 1 and servers[b.id]["state"] == "enabled"
 
 
-def fulcrum_command() -> list[str]:
-    """The ``fulcrum`` script installed beside this interpreter."""
-    return [str(Path(sys.executable).with_name("fulcrum"))]
+class FulcrumRun:
+    """``fulcrum run`` as a user starts it, serving one group on ``port`` from ``path``; its log is kept."""
+
+    def __init__(self, path: Path, port: int, *args: str) -> None:
+        self.path, self.port = path, port
+        exe = str(Path(sys.executable).with_name("fulcrum"))  # the script installed beside this interpreter
+        self.proc = subprocess.Popen([exe, "run", *args, "-c", str(path)], stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.lines: list[str] = []
+        stderr = self.proc.stderr
+        assert stderr is not None
+        self._reader = threading.Thread(target=lambda: self.lines.extend(iter(stderr.readline, "")), daemon=True)
+        self._reader.start()
+
+    @staticmethod
+    def write(path: Path, port: int, server_url: str) -> Path:
+        return write_config(path, {"listen": [f"127.0.0.1:{port}"], "admin": {"listen": None},
+                                   "upstreams": {"app": {"servers": [server_url]}}})
+
+    def served_by(self) -> str | None:
+        try:
+            r = httpx.get(f"http://127.0.0.1:{self.port}/", trust_env=False, timeout=2)
+        except httpx.HTTPError:
+            return None
+        return r.headers.get("x-upstream-name")
+
+    def logged(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+    def wait_for(self, check: Callable[[], bool], timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            assert self.proc.poll() is None, "".join(self.lines)
+            assert time.monotonic() < deadline, "".join(self.lines)
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(15)
+        self._reader.join(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
 
 
 def test_sighup_reloads_and_a_bad_file_on_sighup_keeps_the_old_config(
         tmp_path: Path, make_upstream: Callable[..., UpstreamServer]) -> None:
     a, b = make_upstream(name="a"), make_upstream(name="b")
     port = free_port()
-    path = write_config(tmp_path / "fulcrum.json", {"listen": [f"127.0.0.1:{port}"], "admin": {"listen": None},
-                                                    "upstreams": {"app": {"servers": [a.url]}}})
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([*fulcrum_command(), "run", "-c", str(path)], stderr=subprocess.PIPE, text=True, env=env)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
-    reader.start()
+    path = FulcrumRun.write(tmp_path / "fulcrum.json", port, a.url)
+    run = FulcrumRun(path, port)
     try:
-        url = f"http://127.0.0.1:{port}/"
-
-        def served_by() -> str | None:
-            try:
-                return httpx.get(url, trust_env=False, timeout=2).headers.get("x-upstream-name")
-            except httpx.HTTPError:
-                return None
-
-        def wait_for(check: Callable[[], bool]) -> None:
-            deadline = time.monotonic() + 15
-            while not check():
-                assert proc.poll() is None, "".join(lines)
-                assert time.monotonic() < deadline, "".join(lines)
-                time.sleep(0.05)
-
-        wait_for(lambda: served_by() == "a")
-        write_config(path, {"listen": [f"127.0.0.1:{port}"], "admin": {"listen": None},
-                            "upstreams": {"app": {"servers": [b.url]}}})
-        proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: served_by() == "b")
+        run.wait_for(lambda: run.served_by() == "a")
+        FulcrumRun.write(path, port, b.url)
+        run.proc.send_signal(signal.SIGHUP)
+        run.wait_for(lambda: run.served_by() == "b")
         path.write_text('{"upstreams": {"app": {"servers": ["ftp://nope"]}}}')
-        proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: any("refused" in line for line in lines))
-        assert served_by() == "b" and proc.poll() is None
-        assert any("upstreams.app.servers[0]" in line for line in lines), "".join(lines)
+        run.proc.send_signal(signal.SIGHUP)
+        run.wait_for(lambda: run.logged("refused"))
+        assert run.served_by() == "b" and run.proc.poll() is None
+        assert run.logged("upstreams.app.servers[0]"), "".join(run.lines)
     finally:
-        proc.terminate()
-        proc.wait(15)
-        reader.join(5)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        run.close()
 
 
 def test_run_watch_reloads_when_the_file_changes_and_keeps_serving_a_broken_one(
         tmp_path: Path, make_upstream: Callable[..., UpstreamServer]) -> None:
     a, b = make_upstream(name="a"), make_upstream(name="b")
     port = free_port()
-    path = write_config(tmp_path / "fulcrum.json", {"listen": [f"127.0.0.1:{port}"], "admin": {"listen": None},
-                                                    "upstreams": {"app": {"servers": [a.url]}}})
-    proc = subprocess.Popen([*fulcrum_command(), "run", "--watch", "-c", str(path)], stderr=subprocess.PIPE,
-                            text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
-    reader.start()
-
-    def served_by() -> str | None:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/", trust_env=False, timeout=2).headers.get("x-upstream-name")
-        except httpx.HTTPError:
-            return None
-
-    def wait_for(check: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + 20
-        while not check():
-            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.05)
-
+    path = FulcrumRun.write(tmp_path / "fulcrum.json", port, a.url)
+    run = FulcrumRun(path, port, "--watch")
     try:
-        wait_for(lambda: served_by() == "a")
-        write_config(path, {"listen": [f"127.0.0.1:{port}"], "admin": {"listen": None},
-                            "upstreams": {"app": {"servers": [b.url]}}})
-        wait_for(lambda: served_by() == "b")
+        run.wait_for(lambda: run.served_by() == "a")
+        FulcrumRun.write(path, port, b.url)  # no signal: the watcher sees the change
+        run.wait_for(lambda: run.served_by() == "b")
         path.write_text('{"upstreams": {"app": {"servers": []}}}')
-        wait_for(lambda: any("refused" in line for line in lines))
-        assert served_by() == "b"
+        run.wait_for(lambda: run.logged("refused"))
+        assert run.served_by() == "b" and run.proc.poll() is None
     finally:
-        proc.terminate()
-        proc.wait(15)
-        reader.join(5)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        run.close()
