@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from fulcrum.config import parse_config
 from tests.admin.harness import TOKEN, RunningInstance, write_config
 from tests.support.upstream import UpstreamServer
 
@@ -144,6 +145,26 @@ def test_openapi_document_lists_every_endpoint(make_instance: Make, upstream_ser
     }.items():
         assert methods <= set(paths[path]), path
     assert "ServerOut" in doc["components"]["schemas"]
+
+
+def test_config_is_the_loaded_file_as_config_text_that_reads_back(make_instance: Make,
+                                                                   upstream_server: UpstreamServer) -> None:
+    config = {
+        "upstreams": {"app": {"servers": [upstream_server.url], "health_check": {"path": "/health"}}},
+        "routes": [{"name": "api", "match": {"path_prefix": "/api/"}, "upstream": "app",
+                    "middleware": ["request_id", {"rate_limit": {"rate": "10/min", "burst": 5}},
+                                   {"headers": {"preset": "secure"}}]},
+                   {"match": {"path_prefix": "/"}, "upstream": "app"}],
+    }
+    inst = make_instance(config)
+    dumped = inst.api.get("/api/v1/config").json()
+    assert dumped["admin"]["token"] is None  # never told
+    entries = dumped["routes"][0]["middleware"]
+    assert [list(e) for e in entries] == [["request_id"], ["rate_limit"], ["headers"]]  # only its own kind
+    assert entries[1]["rate_limit"]["rate"] == "0.16666666666666666/s"
+    dumped["admin"]["token"] = TOKEN
+    again = parse_config(dumped, source="api")
+    assert again == inst.config
 
 
 # -- runtime changes ----------------------------------------------------------------------

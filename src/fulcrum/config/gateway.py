@@ -11,7 +11,16 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, PlainSerializer, PlainValidator, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from fulcrum.config.fields import HOSTNAME, MODEL, TOKEN, Network
 from fulcrum.config.units import parse_duration, parse_rate, parse_size, short_repr
@@ -84,7 +93,16 @@ def _seconds(value: object) -> int:
 
 
 Seconds = Annotated[int, PlainValidator(_seconds)]
-Rate = Annotated[float, PlainValidator(parse_rate)]
+def rate_text(per_second: float) -> str:
+    """A rate as config text that reads back exactly: ``100/s`` (per day when a second would need an exponent)."""
+    for value, unit in ((per_second, "s"), (per_second * 86400.0, "day")):
+        for text in (f"{value:g}", repr(value)):  # the short form when it is exact
+            if "e" not in text and float(text) == value:
+                return f"{text}/{unit}"
+    return f"{per_second!r}/s"
+
+
+Rate = Annotated[float, PlainValidator(parse_rate), PlainSerializer(rate_text, when_used="json")]
 
 
 def _positive_size(value: Any) -> int:
@@ -515,6 +533,12 @@ class MiddlewareEntry(BaseModel):
         if "options" in data and keys != ["plugin"]:
             raise ValueError("options belong to plugins; a built-in takes its options as {name: {options}}")
         return {k: ({} if v is None and k in BUILTIN_NAMES else v) for k, v in data.items()}
+
+    @model_serializer(mode="wrap")
+    def _only_its_kind(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dumped as it is written, ``{name: {options}}``: the kinds it is not are left out."""
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if v is not None}
 
     @field_validator("plugin")
     @classmethod
