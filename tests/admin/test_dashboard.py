@@ -52,14 +52,16 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    """A fresh tab (its own sessionStorage) at a laptop's size."""
+    """A fresh tab (its own sessionStorage) at a laptop's size; an uncaught script error fails the test."""
     context = browser.new_context(viewport={"width": 1440, "height": 900})
     tab = context.new_page()
+    script_errors: list[str] = []
+    tab.on("pageerror", lambda err: script_errors.append(str(err)))
     tab.set_default_timeout(WAIT_MS)
     expect.set_options(timeout=WAIT_MS)
     yield tab
     context.close()
-
+    assert script_errors == [], f"the page's script failed: {script_errors}"
 
 
 @pytest.fixture
@@ -127,7 +129,8 @@ def enter_token(page: Page, token: str) -> None:
 
 
 def api_server(inst: RunningInstance, server_id: str) -> dict[str, Any]:
-    (server,) = [s for s in inst.api.get("/api/v1/upstreams/app").json()["servers"] if s["id"] == server_id]
+    servers: list[dict[str, Any]] = inst.api.get("/api/v1/upstreams/app").json()["servers"]
+    (server,) = [s for s in servers if s["id"] == server_id]
     return server
 
 
