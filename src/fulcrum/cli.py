@@ -74,7 +74,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _admin_token(args: argparse.Namespace) -> str | None:
-    from fulcrum.top import TOKEN_ENV
+    from fulcrum.admin.client import TOKEN_ENV
 
     token: str | None = args.token or os.environ.get(TOKEN_ENV) or None
     return token
@@ -82,8 +82,8 @@ def _admin_token(args: argparse.Namespace) -> str | None:
 
 def _running_config(url: str, token: str | None) -> Config | None:
     """The config running at the admin API ``url`` (``GET /api/v1/config``); None, with a message, when unreadable."""
+    from fulcrum.admin.client import AdminError, admin_base, get_json
     from fulcrum.config.diff import config_from_dump
-    from fulcrum.top import AdminError, admin_base, get_json
 
     base = admin_base(url)
     try:
@@ -232,7 +232,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    from fulcrum.top import admin_base, run
+    from fulcrum.admin.client import admin_base
+    from fulcrum.top import run
 
     return run(admin_base(args.admin), _admin_token(args), interval=args.interval, once=args.once)
 

@@ -4,19 +4,14 @@ The picture is a pure function of two status samples (``render``, with ``totals`
 for its parts), so it is tested on captured statuses; ``run`` does the polling and the terminal, with
 its fetch, clock and sleep passed in. Rates (req/s, error rate) come from the counters' change between
 the two samples; the latency percentiles, bytes/s and new-connection share are the server's own figures
-over its last minute. ``get_json`` is the small admin API client that ``fulcrum check --admin`` uses too.
+over its last minute. The API is read with ``fulcrum.admin.client``.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
-import socket
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +22,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from fulcrum.admin.client import AdminAuthError, AdminError, get_json
+
 STATUS_PATH = "/api/v1/status"
-TOKEN_ENV = "FULCRUM_ADMIN_TOKEN"
-TIMEOUT = 5.0
 #: What a figure that cannot be known yet (no earlier sample, no requests, not reported) shows.
 NONE = "\u2013"  # an en dash
 LOST = "connection lost — retrying"
@@ -40,75 +35,6 @@ COLUMNS = ("server", "state", "health", "weight", "active", "requests", "req/s",
            "bytes/s", "new conn")
 #: down reasons that say the server is unwell; the others (disabled, draining) are an operator's choice.
 _UNWELL = ("active_check", "passive", "breaker")
-
-# An admin listener is usually on loopback; a proxy from the environment would only get in the way.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-# ---------------------------------------------------------------- the admin API client
-
-
-class AdminError(Exception):
-    """A failed admin API call; ``str()`` is one line for the user."""
-
-
-class AdminAuthError(AdminError):
-    """The admin API answered 401: the token is missing or wrong."""
-
-
-def admin_base(url: str) -> str:
-    """``127.0.0.1:9090`` or ``http://127.0.0.1:9090/`` as ``http://127.0.0.1:9090``."""
-    text = url.strip().rstrip("/")
-    return text if "://" in text else f"http://{text}"
-
-
-def get_json(base: str, path: str, token: str | None, timeout: float = TIMEOUT) -> Any:
-    """GET ``base + path`` with the bearer token (when given) and decode its JSON. Raises ``AdminError``."""
-    url = base + path
-    headers = {"Accept": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    try:
-        with _OPENER.open(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
-            body = response.read()
-    except urllib.error.HTTPError as err:
-        if err.code == 401:
-            if token:
-                raise AdminAuthError(f"the admin API at {base} refused the token (HTTP 401): check --token or "
-                                     f"${TOKEN_ENV}") from None
-            raise AdminAuthError(f"the admin API at {base} needs a token (HTTP 401): pass --token or set "
-                                 f"${TOKEN_ENV}") from None
-        raise AdminError(f"GET {url} answered HTTP {err.code}{_error_text(err)}") from None
-    except urllib.error.URLError as err:
-        raise AdminError(f"cannot reach the admin API at {base}: {_why(err.reason, timeout)}") from None
-    except (OSError, http.client.HTTPException) as err:  # a reset or timeout mid-answer, a non-HTTP peer
-        raise AdminError(f"cannot read from the admin API at {base}: {_why(err, timeout)}") from None
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise AdminError(f"GET {url} did not answer JSON (is {base} Fulcrum's admin listener?)") from None
-
-
-def _why(reason: object, timeout: float) -> str:
-    if isinstance(reason, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(reason, TimeoutError | socket.timeout):
-        return f"no answer within {timeout:g}s"
-    if isinstance(reason, socket.gaierror):
-        return f"unknown host ({reason.strerror})"
-    if isinstance(reason, OSError) and reason.strerror:
-        return reason.strerror.lower()
-    return str(reason) or type(reason).__name__
-
-
-def _error_text(err: urllib.error.HTTPError) -> str:
-    """``: <message>`` from the admin API's error shape ``{"error": ...}``, when the body has one."""
-    try:
-        message = json.loads(err.read()).get("error")
-    except (ValueError, AttributeError, OSError):
-        return ""
-    return f": {message}" if isinstance(message, str) else ""
-
 
 def status_of(data: Any, base: str) -> Mapping[str, Any]:
     """``data`` when it looks like ``GET /api/v1/status``'s answer; ``AdminError`` otherwise."""

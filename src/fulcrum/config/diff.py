@@ -296,8 +296,7 @@ TOKEN_LEFT_OUT = "left-out-by-the-admin-api"
 def config_from_dump(data: object, source: str) -> Config:
     """The ``Config`` a ``model_dump(mode="json")`` was made from, such as ``GET /api/v1/config``'s answer.
 
-    A dump is not quite config text: a middleware entry names every kind (``null`` for all but its own),
-    a rate limit's rate is a bare number per second, strings are past ``${VAR}`` interpolation (so a
+    A dump is config text but for two things: its strings are past ``${VAR}`` interpolation (so a
     ``${`` in them is literal), and the admin API leaves the token out (``TOKEN_LEFT_OUT`` takes its
     place; compare with ``ignore={"admin.token"}``). Raises ``ConfigError`` like ``parse_config``.
     """
@@ -307,9 +306,6 @@ def config_from_dump(data: object, source: str) -> Config:
     admin = text.get("admin")
     if isinstance(admin, Mapping) and admin.get("token") is None:
         text["admin"] = {**admin, "token": TOKEN_LEFT_OUT}
-    routes = text.get("routes")
-    if isinstance(routes, list):
-        text["routes"] = [_route_text(route) for route in routes]
     return parse_config(text, source=source)
 
 
@@ -322,17 +318,3 @@ def _literal(value: Any) -> Any:
     if isinstance(value, list):
         return [_literal(v) for v in value]
     return value
-
-
-def _route_text(route: Any) -> Any:
-    if not isinstance(route, Mapping) or not isinstance(route.get("middleware"), list):
-        return route
-    entries = []
-    for entry in route["middleware"]:
-        if isinstance(entry, Mapping):
-            entry = {kind: options for kind, options in entry.items() if options is not None}
-            limit = entry.get("rate_limit")
-            if isinstance(limit, Mapping) and isinstance(limit.get("rate"), int | float):
-                entry["rate_limit"] = {**limit, "rate": f"{limit['rate']!r}/s"}  # repr: the float comes back exact
-        entries.append(entry)
-    return {**route, "middleware": entries}
