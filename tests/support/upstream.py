@@ -194,17 +194,20 @@ def _reason(code: int) -> str:
         return "Unknown"
 
 
+def _open_transport_of(obj: object, loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return isinstance(obj, asyncio.Transport) and getattr(obj, "_loop", None) is loop and not obj.is_closing()
+    except ReferenceError:  # a weak proxy (other libraries' objects) whose referent is gone
+        return False
+
+
 def _close_leftover_transports(loop: asyncio.AbstractEventLoop) -> None:
     """Close socket transports of ``loop`` that are still open as it stops.
 
     A connection accepted in the last moments before the server stops can leave a transport that no
     handler ever saw; unclosed, it would surface later as a ResourceWarning in an unrelated test.
     """
-    leftovers = [
-        obj
-        for obj in gc.get_objects()
-        if isinstance(obj, asyncio.Transport) and getattr(obj, "_loop", None) is loop and not obj.is_closing()
-    ]
+    leftovers = [obj for obj in gc.get_objects() if _open_transport_of(obj, loop)]
     for transport in leftovers:
         transport.abort()
     if leftovers:

@@ -121,6 +121,8 @@ class StatusOut(BaseModel):
     retries_total: int
     connections_active: int
     connections_total: int
+    tunnels_active: int
+    tunnels_total: int
     memory_bytes: int
     workers: int
     upstreams: list[GroupOut]

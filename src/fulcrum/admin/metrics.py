@@ -103,6 +103,10 @@ class FulcrumCollector:
                                 value=stats.connections_active)
         yield CounterMetricFamily("fulcrum_connections", "Client connections accepted.",
                                   value=stats.connections_total)
+        yield GaugeMetricFamily("fulcrum_tunnels_active", "Upgraded connections (WebSocket and others) open now.",
+                                value=stats.tunnels_active)
+        yield CounterMetricFamily("fulcrum_tunnels", "Upgraded connections opened (101 Switching Protocols).",
+                                  value=stats.tunnels_total)
 
 
 def metrics_text(collector: FulcrumCollector) -> bytes:

@@ -33,6 +33,8 @@ class Stats(Protocol):
     requests_total: int
     responses_5xx: int
     retries_total: int
+    tunnels_active: int
+    tunnels_total: int
 
 
 def down_reasons(server: Server) -> list[str]:
@@ -115,6 +117,8 @@ def status_view(
         "retries_total": stats.retries_total,
         "connections_active": stats.connections_active,
         "connections_total": stats.connections_total,
+        "tunnels_active": stats.tunnels_active,
+        "tunnels_total": stats.tunnels_total,
         "memory_bytes": memory_bytes(),
         "workers": workers,
         "upstreams": upstreams_view(snapshot, state_of),

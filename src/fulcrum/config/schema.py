@@ -381,13 +381,15 @@ class HealthCheck(BaseModel):
 
 
 class Timeouts(BaseModel):
-    """Per upstream request: ``connect`` to open a connection, ``read`` between bytes, ``total`` overall."""
+    """Per upstream request: ``connect`` to open a connection, ``read`` between bytes, ``total`` overall;
+    ``tunnel``: how long an upgraded connection (WebSocket) may carry no byte either way before it is closed."""
 
     model_config = _MODEL
 
     connect: Duration = 2.0
     read: Duration = 30.0
     total: OptionalDuration = 0.0  # 0 = none
+    tunnel: OptionalDuration = 3600.0  # 0 = none
 
 
 _PASSIVE_OUTCOMES = ("connect_error", "reset", "timeout", "5xx", "4xx")

@@ -21,8 +21,8 @@ def error_body(status: int, detail: str, request_id: bytes) -> bytes:
     return f"{status} {reason}: {detail}\nrequest id: {request_id.decode('ascii', 'replace')}\n".encode()
 
 
-def error_response(status: int, detail: str, request_id: bytes, *, close: bool) -> bytes:
-    """A complete plain-text response naming the problem and the request id."""
+def error_response(status: int, detail: str, request_id: bytes, *, close: bool, extra: bytes = b"") -> bytes:
+    """A complete plain-text response naming the problem and the request id (``extra``: more header lines)."""
     body = error_body(status, detail, request_id)
     head = [
         STATUS_LINES[status],
@@ -33,5 +33,7 @@ def error_response(status: int, detail: str, request_id: bytes, *, close: bool) 
         head.append(b"X-Request-ID: " + request_id + b"\r\n")
     if close:
         head.append(b"Connection: close\r\n")
+    if extra:
+        head.append(extra)
     head.append(b"\r\n")
     return b"".join(head) + body

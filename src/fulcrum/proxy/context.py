@@ -27,7 +27,15 @@ class Timed(Protocol):
 class Stats:
     """Process-wide counters (the metrics endpoint reads these later)."""
 
-    __slots__ = ("connections_active", "connections_total", "requests_total", "responses_5xx", "retries_total")
+    __slots__ = (
+        "connections_active",
+        "connections_total",
+        "requests_total",
+        "responses_5xx",
+        "retries_total",
+        "tunnels_active",
+        "tunnels_total",
+    )
 
     def __init__(self) -> None:
         self.connections_active = 0
@@ -35,6 +43,8 @@ class Stats:
         self.requests_total = 0
         self.responses_5xx = 0
         self.retries_total = 0
+        self.tunnels_active = 0  # upgraded connections (WebSocket and others) open now
+        self.tunnels_total = 0
 
 
 #: Upper bounds (seconds) of the request duration histogram's buckets; one more bucket holds the rest.

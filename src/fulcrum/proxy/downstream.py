@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 from collections import deque
 from typing import TYPE_CHECKING
@@ -31,11 +32,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fulcrum.proxy")
 
-# Connection states, for timeouts.
-IDLE, READING_HEAD, BUSY, CLOSED = 0, 1, 2, 3
+# Connection states, for timeouts (TUNNEL: upgraded, the connection's bytes belong to a ``Tunnel``).
+IDLE, READING_HEAD, BUSY, CLOSED, TUNNEL = 0, 1, 2, 3, 4
 
 # Request headers handled by name; everything else is forwarded as it came.
-_HOST, _CL, _TE, _CONN, _XFF, _XFP, _XFH, _FWD, _RID, _EXPECT, _COOKIE, _DROP = range(12)
+(_HOST, _CL, _TE, _CONN, _XFF, _XFP, _XFH, _FWD, _RID, _EXPECT, _COOKIE, _UPGRADE, _WS_KEY, _WS_VERSION,
+ _DROP) = range(15)
 _SPECIAL = {
     b"host": _HOST,
     b"content-length": _CL,
@@ -48,18 +50,27 @@ _SPECIAL = {
     b"x-request-id": _RID,
     b"expect": _EXPECT,
     b"cookie": _COOKIE,
+    b"upgrade": _UPGRADE,
+    b"sec-websocket-key": _WS_KEY,
+    b"sec-websocket-version": _WS_VERSION,
 }
 for _name in HOP_BY_HOP:
     _SPECIAL.setdefault(_name, _DROP)
 
 
-class Reject(Exception):
-    """Raised inside parser callbacks: answer ``status`` and close."""
+#: A WebSocket key is 16 random bytes in base64 (RFC 6455 4.1).
+_WS_KEY_FORM = re.compile(rb"[A-Za-z0-9+/]{22}==")
+_WS_VERSION_HEADER = b"Sec-WebSocket-Version: 13\r\n"
 
-    def __init__(self, status: int, detail: str) -> None:
+
+class Reject(Exception):
+    """Raised inside parser callbacks: answer ``status`` and close (``extra``: header lines to add)."""
+
+    def __init__(self, status: int, detail: str, extra: bytes = b"") -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.extra = extra
 
 
 class ClientConnection(asyncio.Protocol):
@@ -68,6 +79,7 @@ class ClientConnection(asyncio.Protocol):
     BLOCK_PIPELINE = 1  # a request is queued behind the one in flight
     BLOCK_BUFFER = 2  # request body waits for an upstream connection
     BLOCK_UPSTREAM = 4  # the upstream's write buffer is full
+    BLOCK_UPGRADE = 8  # bytes after an Upgrade request wait for the upstream's answer
 
     __slots__ = (
         "building",
@@ -79,11 +91,14 @@ class ClientConnection(asyncio.Protocol):
         "parser",
         "partial",
         "pending",
+        "raw_left",
         "read_block",
         "reject_after",
         "state",
         "transport",
         "trusted",
+        "upgrade_for",
+        "upgrade_rest",
         "write_paused",
     )
 
@@ -103,6 +118,9 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = ""
         self.client_ip_b = b""
         self.trusted = False
+        self.raw_left = 0  # body bytes of an Upgrade request still to read (the parser stops at its head)
+        self.upgrade_for: Exchange | None = None  # the Upgrade request ``upgrade_rest`` waits behind
+        self.upgrade_rest = b""
 
     def _new_parser(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
@@ -160,6 +178,9 @@ class ClientConnection(asyncio.Protocol):
     # -- parsing --------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.raw_left:
+            self._raw_body(data)
+            return
         if self.state == IDLE:
             self.state = READING_HEAD
             self.deadline = self.ctx.now + self.ctx.snapshot.header_timeout
@@ -171,7 +192,7 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as err:
             cause = err.__context__
             if isinstance(cause, Reject):
-                self.reject(cause.status, cause.detail, self.building)
+                self.reject(cause.status, cause.detail, self.building, cause.extra)
             else:
                 log.error("error while handling a request", exc_info=cause)
                 self.reject(500, "internal error", self.building)
@@ -189,13 +210,101 @@ class ClientConnection(asyncio.Protocol):
                 else:
                     self.reject(431, "request header block too large", building)
 
+    # -- Upgrade ------------------------------------------------------------------
+
     def _after_upgrade(self, data: bytes, offset: int) -> None:
-        # Upgrades are not tunnelled (yet): the request went upstream without its Upgrade
-        # header, and parsing goes on with a fresh parser after it.
+        """The parser stopped after the head of a request with ``Connection: upgrade``.
+
+        What follows is the request's body (read here by its Content-Length: the parser will not),
+        then either the tunnel's first bytes or the next request: that waits for the upstream's
+        answer when the request is tunnelled, and goes to a fresh parser otherwise.
+        """
         self.parser = self._new_parser()
+        ex = self.building
         rest = data[offset:]
+        if ex is None or self.state == CLOSED:
+            return
+        if ex.chunked_in or (ex.cl > ex.body_len and not ex.upgrade_body):
+            self.reject(400, "an Upgrade request with a chunked body is not supported", ex)
+            return
+        if ex.upgrade_body:
+            self.raw_left = ex.cl - ex.body_len
+            self._raw_body(rest)
+            return
+        self._upgrade_rest(ex, rest)
+
+    def _raw_body(self, data: bytes) -> None:
+        ex = self.building
+        assert ex is not None
+        n = self.raw_left
+        chunk = data[:n] if len(data) > n else data
+        self.raw_left = n - len(chunk)
+        if self.deadline:
+            self.deadline = self.ctx.now + ex.snap.header_timeout
+        if chunk:
+            ex.request_body(chunk)
+            if self.state == CLOSED:
+                return
+        if self.raw_left:
+            return
+        ex.upgrade_body = 0
+        if ex.phase != DONE:
+            ex.request_done()
+            if ex is self.current:
+                self.deadline = 0.0
+        self._upgrade_rest(ex, data[n:] if len(data) > n else b"")
+
+    def _upgrade_rest(self, ex: Exchange, rest: bytes) -> None:
+        if ex.upgrade is not None and not ex.finished:
+            self.upgrade_for = ex  # until its answer: a 101 makes these the tunnel's first bytes
+            self.upgrade_rest = rest
+            self.block_read(self.BLOCK_UPGRADE)
+            return
         if rest and self.state != CLOSED:
             self.data_received(rest)
+
+    def _check_upgrade(self, ex: Exchange) -> None:
+        """An ``Upgrade`` header: decide whether this request may become a tunnel, and check its handshake."""
+        value = ex.upgrade
+        assert value is not None
+        ex.upgrade = None
+        if ex.conn_tokens is None or b"upgrade" not in ex.conn_tokens:
+            return  # an Upgrade not named in Connection is a plain header, dropped as hop-by-hop
+        if ex.chunked_in:
+            raise Reject(400, "an Upgrade request with a chunked body is not supported")
+        if ex.cl > 0:
+            ex.upgrade_body = ex.cl  # the parser leaves the body of an Upgrade request to us
+        if not ex.version11:
+            return  # Upgrade is HTTP/1.1: an HTTP/1.0 request is served as it is
+        # h2c is never passed on: a client asking for it gets its answer in HTTP/1.1 (DESIGN 5)
+        offered = [t.strip() for t in value.split(b",")]
+        kept = [t for t in offered if t and t.split(b"/", 1)[0].lower() != b"h2c"]
+        if not kept:
+            return
+        if any(t.split(b"/", 1)[0].lower() == b"websocket" for t in kept):
+            if ex.method != b"GET":
+                raise Reject(400, "a WebSocket handshake must be a GET request")
+            key = ex.ws_key
+            if key is None or not _WS_KEY_FORM.fullmatch(key.strip()):
+                raise Reject(400, "a WebSocket handshake needs one Sec-WebSocket-Key of 16 bytes in base64")
+            if ex.ws_version is None or ex.ws_version.strip() != b"13":
+                raise Reject(426, "this WebSocket version is not supported (only 13)", _WS_VERSION_HEADER)
+        ex.upgrade = b", ".join(kept)
+
+    def start_tunnel(self, ex: Exchange) -> bytes:
+        """The upstream switched protocols for ``ex``: HTTP is over here; returns the bytes that came after it."""
+        rest = b""
+        if self.upgrade_for is ex:
+            rest = self.upgrade_rest
+            self.upgrade_for = None
+            self.upgrade_rest = b""
+        self.current = None
+        self.building = None
+        self.state = TUNNEL
+        self.deadline = 0.0
+        self.read_block = 0  # the tunnel resumes reading
+        self.ctx.timed.discard(self)
+        return rest
 
     def on_message_begin(self) -> None:
         self.building = Exchange(self, self.ctx.snapshot)
@@ -251,6 +360,14 @@ class ClientConnection(asyncio.Protocol):
         elif kind == _COOKIE:
             ex.cookie = value if ex.cookie is None else ex.cookie + b"; " + value
             ex.headers.append(name + b": " + value + b"\r\n")
+        elif kind == _UPGRADE:
+            ex.upgrade = value if ex.upgrade is None else ex.upgrade + b", " + value
+        elif kind == _WS_KEY:
+            ex.ws_key = value if ex.ws_key is None else b""  # two keys: no key is valid
+            ex.headers.append(name + b": " + value + b"\r\n")
+        elif kind == _WS_VERSION:
+            ex.ws_version = value
+            ex.headers.append(name + b": " + value + b"\r\n")
         # _DROP: hop-by-hop, not forwarded
 
     def on_headers_complete(self) -> None:
@@ -281,6 +398,8 @@ class ClientConnection(asyncio.Protocol):
             if ex.conn_tokens:  # headers the client named in Connection are hop-by-hop too
                 drop = ex.conn_tokens
                 ex.headers = [h for h in ex.headers if h.split(b":", 1)[0].lower() not in drop]
+        if ex.upgrade is not None:
+            self._check_upgrade(ex)
         if not ex.rid:
             ids = self.ctx.ids
             ex.rid = ids.prefix + b"%016x" % next(ids.counter)
@@ -309,7 +428,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self.building
         assert ex is not None
-        if ex.phase != DONE:
+        if ex.phase != DONE and not (ex.upgrade_body and ex.body_len < ex.cl):  # else: read by _raw_body
             ex.request_done()
             if ex is self.current:
                 self.deadline = 0.0
@@ -343,6 +462,16 @@ class ClientConnection(asyncio.Protocol):
             self.state = BUSY
             nxt.start()
             return
+        if self.upgrade_for is ex:  # an Upgrade answered without 101: HTTP goes on with the bytes after it
+            rest = self.upgrade_rest
+            self.upgrade_for = None
+            self.upgrade_rest = b""
+            self.state = IDLE
+            self.deadline = self.ctx.now + self.ctx.snapshot.keepalive_timeout
+            self.unblock_read(self.BLOCK_PIPELINE | self.BLOCK_UPGRADE)
+            if rest:
+                self.data_received(rest)
+            return
         if self.reject_after is not None:
             status, detail, rid = self.reject_after
             self._send_and_close(status, detail, rid)
@@ -359,7 +488,7 @@ class ClientConnection(asyncio.Protocol):
                 return
             self.deadline = self.ctx.now + self.ctx.snapshot.keepalive_timeout
 
-    def reject(self, status: int, detail: str, ex: Exchange | None) -> None:
+    def reject(self, status: int, detail: str, ex: Exchange | None, extra: bytes = b"") -> None:
         """Answer a request we refuse (or a broken request body) and close the connection."""
         current = self.current
         rid = ex.rid if ex is not None and ex.rid else self.ctx.ids.next()
@@ -377,18 +506,18 @@ class ClientConnection(asyncio.Protocol):
                 self.abort()
                 return
             current.close_after = True
-        self._send_and_close(status, detail, rid)
+        self._send_and_close(status, detail, rid, extra)
         if current is not None and not current.finished:
             current.status = status
             current.end()
 
-    def _send_and_close(self, status: int, detail: str, rid: bytes | None = None) -> None:
+    def _send_and_close(self, status: int, detail: str, rid: bytes | None = None, extra: bytes = b"") -> None:
         transport = self.transport
         if transport is None:
             return
         if rid is None:
             rid = self.ctx.ids.next()
-        transport.write(error_response(status, detail, rid, close=True))
+        transport.write(error_response(status, detail, rid, close=True, extra=extra))
         self.close()
 
     def close(self) -> None:

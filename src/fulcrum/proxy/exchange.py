@@ -23,6 +23,7 @@ from fulcrum.middleware.api import Request, Response
 from fulcrum.middleware.chain import Chain
 from fulcrum.middleware.policy.accesslog import LogRecord
 from fulcrum.proxy.guards import FAILURE_OUTCOME, status_outcome
+from fulcrum.proxy.tunnel import Tunnel
 from fulcrum.proxy.upstream import (
     CHUNKED,
     CONNECT_ERROR,
@@ -118,10 +119,14 @@ class Exchange:
         "task",
         "te",
         "tried",
+        "upgrade",
+        "upgrade_body",
         "upstream",
         "upstream_got_bytes",
         "version11",
         "waiter",
+        "ws_key",
+        "ws_version",
         "xff",
         "xfh",
         "xfp",
@@ -147,6 +152,10 @@ class Exchange:
         self.rid_own = False  # the id was made here: 32 lowercase hex digits
         self.cookie: bytes | None = None
         self.expect = False
+        self.upgrade: bytes | None = None  # the protocols to ask the upstream for (an Upgrade request)
+        self.upgrade_body = 0  # an Upgrade request's body, read by the client connection itself
+        self.ws_key: bytes | None = None
+        self.ws_version: bytes | None = None
         self.phase = HEAD
         self.method = b""
         self.method_head = False
@@ -486,6 +495,47 @@ class Exchange:
                 self.respond_error(502, "middleware set a bad response header")
             return
         self._send_head(head, mode)
+
+    def response_switch(self, head: bytes, protocol: bytes) -> None:
+        """A ``101 Switching Protocols`` to ``protocol``: queued for the client, the tunnel opens after it."""
+        self.status = 101
+        self.resp_started = True
+        self.outcome = "success"
+        head += b"\r\nConnection: upgrade\r\nUpgrade: " + protocol
+        snap = self.snap
+        route = self.route
+        expose = snap.expose_upstream if route is None or route.expose_upstream is None else route.expose_upstream
+        if expose and self.server is not None:
+            head += b"\r\nX-Upstream-Server: " + self.server.id.encode()
+        if self.set_cookie is not None:  # sticky WebSocket sessions
+            head += b"\r\nSet-Cookie: " + self.set_cookie
+        self.out.append(head + b"\r\nX-Request-ID: " + self.rid + b"\r\n\r\n")
+
+    def open_tunnel(self, conn: UpstreamConnection, to_client: bytes) -> None:
+        """After the 101: the exchange ends and both connections become one tunnel."""
+        self.flush()
+        client = self.client
+        ctx = client.ctx
+        transport = conn.transport
+        down = client.transport
+        self.upstream = None
+        conn.exchange = None
+        conn.deadline = 0.0
+        ctx.timed.discard(conn)
+        if self.pool is not None:
+            self.pool.forget(conn)
+        if transport is None or down is None:  # one side went away meanwhile
+            if transport is not None:
+                transport.close()
+            self.close_after = True
+            self.end()
+            return
+        to_upstream = client.start_tunnel(self)
+        group = self.group
+        timeout = group.spec.timeouts.tunnel if group is not None else 0.0
+        tunnel = Tunnel(ctx, client, down, transport, self.server, timeout)
+        self.end()
+        tunnel.open(to_upstream, to_client)
 
     def _send_upstream_response(self, resp: Response, mode: int) -> bool:
         """Send the upstream's head as the route and its middleware left it; False (nothing sent, the upstream
@@ -974,6 +1024,9 @@ class Exchange:
             fwd = self.fwd
             parts += (b"Forwarded: ", fwd + b", " + node if fwd and trusted else node, CRLF)
         parts += (b"X-Request-ID: ", self.rid, CRLF)
+        upgrade = self.upgrade
+        if upgrade is not None:
+            parts += (b"Connection: upgrade\r\nUpgrade: ", upgrade, CRLF)
         if self.chunked_in:
             parts += (b"Transfer-Encoding: ", self.te or b"chunked", CRLF)
         elif self.cl >= 0:

@@ -172,6 +172,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._cursor = 0
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as switched:  # after a 101 to an Upgrade request
+            if self.exchange is exchange and exchange.status == 101:
+                self.exchange = None
+                exchange.open_tunnel(self, data[int(switched.args[0]) :])
+            else:
+                self._fail(exchange)
+            return
         except httptools.HttpParserError:
             if self.exchange is not exchange:  # let go mid-parse for a retry elsewhere
                 return
@@ -227,11 +234,17 @@ class UpstreamConnection(asyncio.Protocol):
             raise _HeadTooLarge
         parser = self.parser
         status = parser.get_status_code()
+        if status == 101:
+            asked = exchange.upgrade
+            protocol = switch_protocol(head) if asked is not None else None
+            if protocol is None or asked is None or not _offered(protocol, asked):  # a 101 nobody asked for
+                raise _Unexpected101
+            head = response_head_policy(head)[0]
+            exchange.response_switch(head, protocol)
+            return  # the parser stops here with HttpParserUpgrade: data_received opens the tunnel
         head, mode, close = response_head_policy(head)  # mode: the framing, unless there is no body
         if 100 <= status < 200:
             self._interim = True
-            if status == 101:
-                raise _Unexpected101
             exchange.response_interim(status, head)
             return
         if exchange.method_head or status in NO_BODY_STATUSES:
@@ -278,6 +291,29 @@ _CONTENT_LENGTH = b"\r\ncontent-length:"
 _KEEP_ALIVE_LINE = b"\r\nconnection: keep-alive"
 _CLOSE_LINE = b"\r\nconnection: close"
 _PLAIN_TOKENS = frozenset((b"keep-alive", b"close"))
+
+
+_UPGRADE_LINE = re.compile(rb"\r\nupgrade:[ \t]*([^\r]*?)[ \t]*(?=\r|$)")
+_CONNECTION_LINE = re.compile(rb"\r\nconnection:([^\r]*)")
+
+
+def switch_protocol(head: bytes) -> bytes | None:
+    """The protocol a ``101`` head switches to (its Upgrade value), or None when it names none or its
+    Connection does not list ``upgrade``."""
+    low = head.lower()
+    found = _UPGRADE_LINE.search(low)
+    if found is None or not found.group(1):
+        return None
+    if not any(b"upgrade" in connection_tokens(m.group(1)) for m in _CONNECTION_LINE.finditer(low)):
+        return None
+    start, end = found.span(1)
+    return head[start:end]
+
+
+def _offered(protocol: bytes, asked: bytes) -> bool:
+    """Whether a 101's protocol is one the client asked for (by name; a version may differ in form)."""
+    name = protocol.split(b"/", 1)[0].strip().lower()
+    return any(t.split(b"/", 1)[0].strip().lower() == name for t in asked.split(b","))
 
 
 def response_head_policy(head: bytes) -> tuple[bytes, int, bool]:
