@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import REPO, RUN_ROOT, VENV_BIN, Processes, cpu_seconds, ensure_tools, log, process_tree  # noqa: E402
+from run import REPO, RUN_ROOT, VENV_BIN, Processes, cpu_seconds, ensure_tools, log, process_tree
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 BASE_PORT = 19480
