@@ -159,12 +159,17 @@ class Request:
         key2 = second.lower().encode("latin-1") + b":"
         n1 = len(key1)
         n2 = len(key2)
+        c1 = key1[0]
+        c2 = key2[0]
         one: str | None = None
         two: str | None = None
         for line in self._lines:
-            if one is None and line[:n1].lower() == key1:
+            if not line:
+                continue
+            c = line[0] | 0x20  # the first letter, lower-cased: most lines are ruled out without a slice
+            if c == c1 and one is None and line[:n1].lower() == key1:
                 one = line[n1:].strip().decode("latin-1")
-            elif two is None and line[:n2].lower() == key2:
+            elif c == c2 and two is None and line[:n2].lower() == key2:
                 two = line[n2:].strip().decode("latin-1")
         return one, two
 

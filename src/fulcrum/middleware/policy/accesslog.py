@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 from typing import TextIO
 
 log = logging.getLogger("fulcrum.accesslog")
@@ -30,29 +29,60 @@ _MAX_PENDING_LINES = 100_000
 _MAX_QUEUED_BATCHES = 64
 
 
-@dataclass(slots=True)
 class LogRecord:
-    """What is logged of one request. ``bytes_sent`` counts response body bytes sent to the client."""
+    """What is logged of one request. ``bytes_sent`` counts response body bytes sent to the client.
 
-    client_ip: str
-    time: float  # epoch seconds, when the request arrived
-    method: str
-    target: str
-    version: str  # "1.1"
-    status: int
-    bytes_sent: int
-    referer: str | None
-    user_agent: str | None
-    upstream: str | None  # server id
-    duration_ms: float
-    upstream_ms: float | None
-    request_id: str
-    route: str
-    error: str | None = None
-    attempts: int = 1
+    A plain class with an ``__init__`` of its own, not a dataclass: compiled, one is built without
+    going through a Python-level ``__init__`` (which cost more than the whole log line's formatting).
+    """
+
+    __slots__ = (
+        "attempts", "bytes_sent", "client_ip", "duration_ms", "error", "method", "referer", "request_id", "route",
+        "status", "target", "time", "upstream", "upstream_ms", "user_agent", "version",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        client_ip: str,
+        time: float,  # epoch seconds, when the request arrived
+        method: str,
+        target: str,
+        version: str,  # "1.1"
+        status: int,
+        bytes_sent: int,
+        referer: str | None,
+        user_agent: str | None,
+        upstream: str | None,  # server id
+        duration_ms: float,
+        upstream_ms: float | None,
+        request_id: str,
+        route: str,
+        error: str | None = None,
+        attempts: int = 1,
+    ) -> None:
+        self.client_ip = client_ip
+        self.time = time
+        self.method = method
+        self.target = target
+        self.version = version
+        self.status = status
+        self.bytes_sent = bytes_sent
+        self.referer = referer
+        self.user_agent = user_agent
+        self.upstream = upstream
+        self.duration_ms = duration_ms
+        self.upstream_ms = upstream_ms
+        self.request_id = request_id
+        self.route = route
+        self.error = error
+        self.attempts = attempts
 
 
-_FIELD_NAMES = tuple(f.name for f in fields(LogRecord))
+#: The record's fields in order: the keys of a JSON line.
+FIELD_NAMES = (
+    "client_ip", "time", "method", "target", "version", "status", "bytes_sent", "referer", "user_agent", "upstream",
+    "duration_ms", "upstream_ms", "request_id", "route", "error", "attempts",
+)  # fmt: skip
 
 
 _SAFE_QUOTED = re.compile(r'[ !#-\[\]-~]*')  # printable ASCII but " and \: nothing to escape
@@ -102,6 +132,25 @@ def _bare(text: str) -> str:
     return text if _SAFE_BARE.fullmatch(text) is not None else _escape(text, _BARE)
 
 
+_BARE_SEEN: dict[str, str] = {}  # server ids, escaped: a small set, the same on every line
+
+
+def _bare_server(text: str) -> str:
+    found = _BARE_SEEN.get(text)
+    if found is None:
+        found = _bare(text)
+        if len(_BARE_SEEN) < 4096:
+            _BARE_SEEN[text] = found
+    return found
+
+
+def _bare_id(text: str) -> str:
+    """A request id for an unquoted field: letters and digits only (Fulcrum's own ids) need no regex."""
+    if text.isascii() and text.isalnum():
+        return text
+    return _bare(text)
+
+
 def _millis(ms: float) -> str:
     """``ms`` with three decimals, without the cost of float formatting."""
     if not 0.0 <= ms < 1e12:
@@ -137,8 +186,8 @@ def format_combined(r: LogRecord) -> str:
     """
     referer = _quoted(r.referer) if r.referer else "-"
     agent = _quoted(r.user_agent) if r.user_agent else "-"
-    upstream = _bare(r.upstream) if r.upstream else "-"
-    request_id = _bare(r.request_id) if r.request_id else "-"
+    upstream = _bare_server(r.upstream) if r.upstream else "-"
+    request_id = _bare_id(r.request_id) if r.request_id else "-"
     return (f'{_common(r)} "{referer}" "{agent}" upstream={upstream} duration_ms={_millis(r.duration_ms)} '
             f"request_id={request_id}")
 
@@ -152,7 +201,7 @@ def _iso_time(epoch: float) -> str:
 def format_json(r: LogRecord) -> str:
     """One JSON object on one line (ASCII only): the fields of ``LogRecord`` by name, ``time`` as ISO-8601 UTC
     with milliseconds (``2000-10-10T13:55:36.123Z``), missing values as null."""
-    values = {name: getattr(r, name) for name in _FIELD_NAMES}
+    values = {name: getattr(r, name) for name in FIELD_NAMES}
     values["time"] = _iso_time(r.time)
     for key in ("duration_ms", "upstream_ms"):
         value = values[key]
