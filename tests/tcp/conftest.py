@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.admin.harness import RunningInstance, write_config
 from tests.proxy.harness import RunningProxy
 from tests.support.tcpserver import Mode, TcpServer
 
@@ -74,3 +76,18 @@ def closed_by_peer(sock: socket.socket) -> bool:
         return sock.recv(1) == b""
     except ConnectionResetError:
         return True
+
+
+@pytest.fixture
+def make_instance(tmp_path: Path) -> Iterator[Callable[..., RunningInstance]]:
+    """Whole instances (proxy, control plane, admin listener) from config dicts written to a file."""
+    started: list[RunningInstance] = []
+
+    def make(config: dict[str, Any]) -> RunningInstance:
+        inst = RunningInstance(write_config(tmp_path / "fulcrum.json", config)).start()
+        started.append(inst)
+        return inst
+
+    yield make
+    for inst in started:
+        inst.stop()

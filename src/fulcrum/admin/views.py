@@ -110,7 +110,7 @@ def tcp_services_view(groups: Mapping[str, TcpGroup]) -> list[dict[str, Any]]:
     return [
         {
             "name": name,
-            "listen": str(group.spec.listen),
+            "listen": group.listen,
             "balance": group.spec.balance,
             "connections_active": group.counters.active,
             "connections_total": group.counters.total,

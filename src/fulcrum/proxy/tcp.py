@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from fulcrum.config.tcp import TcpService
+from fulcrum.config.tcp import TcpService, format_address
 from fulcrum.health.tcp import TcpHealthChecker
 from fulcrum.state.server import Down
 from fulcrum.state.tcp import TcpGroup, TcpRegistry, TcpServer
@@ -377,6 +377,8 @@ class TcpServices:
         pending.bound.clear()
         for key in [k for k in self._ports if k not in self._listeners]:
             del self._ports[key]
+        for key, group in wanted.items():
+            group.listen = format_address(group.spec.listen.host, self._ports.get(key, group.spec.listen.port))
 
     @property
     def ports(self) -> dict[str, int]:

@@ -105,7 +105,7 @@ class TcpGroup:
     as ``fulcrum.state.group.Group`` does for HTTP upstreams.
     """
 
-    __slots__ = ("balancer", "clock", "counters", "eligible", "name", "servers", "spec")
+    __slots__ = ("balancer", "clock", "counters", "eligible", "listen", "name", "servers", "spec")
 
     def __init__(
         self,
@@ -120,6 +120,7 @@ class TcpGroup:
         self.servers = tuple(servers)
         self.counters = counters
         self.clock = clock
+        self.listen = str(spec.listen)  # the address bound (the real port when the config says 0)
         self.eligible: tuple[TcpServer, ...] = ()
         self.balancer: Balancer[TcpServer] = make_balancer(spec.balance, ())
         for server in self.servers:
