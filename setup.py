@@ -19,6 +19,7 @@ COMPILED = [
     "src/fulcrum/proxy/exchange.py",
     "src/fulcrum/proxy/upstream.py",
     "src/fulcrum/proxy/context.py",
+    "src/fulcrum/proxy/tcp.py",
     "src/fulcrum/state/server.py",
     "src/fulcrum/state/group.py",
     "src/fulcrum/state/snapshot.py",

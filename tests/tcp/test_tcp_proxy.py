@@ -61,9 +61,10 @@ def served_by(port: int, source: str | None = None) -> str:
 
 
 def refused(port: int) -> bool:
+    """Whether nothing listens on ``port`` (a connect caught in the backlog of a listener closing is reset)."""
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
     return False
 

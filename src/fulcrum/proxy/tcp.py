@@ -27,7 +27,6 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from fulcrum.config.tcp import TcpService, format_address
@@ -296,12 +295,12 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-@dataclass
 class Pending:
     """A reload's TCP side, bound and not yet in force: ``commit`` it, or ``cancel`` it to close what it bound."""
 
-    config: Config
-    bound: dict[Key, socket.socket] = field(default_factory=dict)
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.bound: dict[Key, socket.socket] = {}
 
     def cancel(self) -> None:
         for sock in self.bound.values():
