@@ -369,6 +369,20 @@ def test_reload_adds_removes_and_changes_tcp_services(make_proxy: MakeProxy, mak
     kept.close()
 
 
+def test_a_service_added_by_reload_is_checked_before_it_accepts(make_proxy: MakeProxy, make_tcp_server: MakeServer,
+                                                                dead_port: RefusingPort) -> None:
+    a = make_tcp_server("a", mode="greet")
+    proxy = make_proxy(tcp_config({"one": {"servers": [a.address]}}))
+    assert proxy.server is not None
+    check = {"interval": "10s", "timeout": "500ms"}
+    config = tcp_config({"one": {"servers": [a.address]},
+                         "two": {"servers": [dead_port.id, a.address], "health_check": check}}, listen=["127.0.0.1:0"])
+    proxy.run(proxy.server.apply(parse_config(config, source="test")))
+    two = tcp_port(proxy, "two")
+    assert [served_by(two) for _ in range(4)] == ["a"] * 4
+    assert state(proxy, "two")[dead_port.id].connect_failures == 0  # known down before the first client
+
+
 def test_reload_that_cannot_bind_changes_nothing(make_proxy: MakeProxy, make_tcp_server: MakeServer) -> None:
     a = make_tcp_server("a", mode="greet")
     proxy = make_proxy(tcp_config({"one": {"servers": [a.address]}}))

@@ -358,11 +358,11 @@ class TcpServices:
         old = self.groups
         self.groups = self.registry.build(config.tcp_services, self.loop.time)
         self.config = config
+        await self._start_checkers()  # a new service's first round, before it accepts
         if self._started:
             await self._serve(pending)
         for group in old.values():
             group.close()
-        await self._start_checkers()
 
     async def _serve(self, pending: Pending) -> None:
         """Point each listener at its service's new group, close those no longer wanted, serve the new ones."""
