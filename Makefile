@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_pick.py
 	$(PY) benchmarks/bench_routes.py
 	$(PY) benchmarks/bench_ws.py
+	$(PY) benchmarks/bench_tcp.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

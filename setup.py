@@ -20,6 +20,7 @@ COMPILED = [
     "src/fulcrum/proxy/upstream.py",
     "src/fulcrum/proxy/context.py",
     "src/fulcrum/proxy/tunnel.py",
+    "src/fulcrum/proxy/tcp.py",
     "src/fulcrum/state/server.py",
     "src/fulcrum/state/group.py",
     "src/fulcrum/state/snapshot.py",

@@ -8,7 +8,7 @@ built by ``views``, ``explain`` and ``metrics`` from the running snapshot. Error
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
@@ -25,6 +25,7 @@ from fulcrum.admin.views import Stats, group_view, server_view, status_view, ups
 from fulcrum.state.changes import ChangeError, State
 from fulcrum.state.server import Server
 from fulcrum.state.snapshot import Snapshot
+from fulcrum.state.tcp import TcpGroup
 
 STATIC = Path(__file__).parent / "static"
 #: Paths anyone may GET: they hold no data (the dashboard's shell asks for the token itself).
@@ -46,6 +47,8 @@ class Plane(Protocol):
     def stats(self) -> Stats: ...
     @property
     def counters(self) -> Counters: ...
+    @property
+    def tcp_groups(self) -> Mapping[str, TcpGroup]: ...
 
     def server_state(self, group: str, server: Server) -> State: ...
     def find(self, group: str, sid: str) -> Server: ...
@@ -112,6 +115,29 @@ class UpstreamsOut(BaseModel):
     upstreams: list[GroupOut]
 
 
+class TcpServerOut(BaseModel):
+    id: str
+    weight: int
+    healthy: bool
+    eligible: bool
+    down: list[str] = Field(description="why it takes no new connections: active_check")
+    active: int = Field(description="connections open (or being opened) through this server")
+    connections: int = Field(description="connections established to this server")
+    connect_failures: int = Field(description="connects refused or timed out")
+    bytes_to_server: int
+    bytes_to_client: int
+
+
+class TcpServiceOut(BaseModel):
+    name: str
+    listen: str
+    balance: str
+    connections_active: int = Field(description="open client connections")
+    connections_total: int = Field(description="client connections accepted")
+    unserved: int = Field(description="client connections closed because no server could be connected")
+    servers: list[TcpServerOut]
+
+
 class StatusOut(BaseModel):
     version: str
     uptime_s: float
@@ -126,6 +152,7 @@ class StatusOut(BaseModel):
     memory_bytes: int
     workers: int
     upstreams: list[GroupOut]
+    tcp_services: list[TcpServiceOut] = []
 
 
 class ErrorOut(BaseModel):
@@ -201,7 +228,8 @@ def make_app(plane: Plane, token: str | None) -> Any:
     """The admin ASGI application for ``plane``; ``token`` None means no auth (a loopback listener)."""
     app = FastAPI(title="Fulcrum admin API", version=__version__, openapi_url="/api/v1/openapi.json",
                   docs_url=None, redoc_url=None)
-    collector = FulcrumCollector(lambda: plane.snapshot, lambda: plane.stats, lambda: plane.counters)
+    collector = FulcrumCollector(lambda: plane.snapshot, lambda: plane.stats, lambda: plane.counters,
+                                 lambda: plane.tcp_groups)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -244,7 +272,7 @@ def make_app(plane: Plane, token: str | None) -> Any:
 
     @app.get("/api/v1/status", response_model=StatusOut, responses=ERRORS)
     async def status() -> dict[str, Any]:
-        return status_view(plane.snapshot, plane.stats, plane.started, state_of)
+        return status_view(plane.snapshot, plane.stats, plane.started, state_of, tcp=plane.tcp_groups)
 
     @app.get("/api/v1/upstreams", response_model=UpstreamsOut, responses=ERRORS)
     async def upstreams() -> dict[str, Any]:

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from fulcrum.admin.views import Stats
 from fulcrum.state.server import Down
 from fulcrum.state.snapshot import Snapshot
+from fulcrum.state.tcp import TcpGroup
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -46,10 +47,12 @@ class FulcrumCollector:
         snapshot: Callable[[], Snapshot],
         stats: Callable[[], Stats],
         counters: Callable[[], Counters],
+        tcp: Callable[[], Mapping[str, TcpGroup]] | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._stats = stats
         self._counters = counters
+        self._tcp = tcp
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self._snapshot()
@@ -107,6 +110,42 @@ class FulcrumCollector:
                                 value=stats.tunnels_active)
         yield CounterMetricFamily("fulcrum_tunnels", "Upgraded connections opened (101 Switching Protocols).",
                                   value=stats.tunnels_total)
+        if self._tcp is not None:
+            yield from tcp_metrics(self._tcp())
+
+
+def tcp_metrics(groups: Mapping[str, TcpGroup]) -> Iterator[Metric]:
+    """The TCP services' families: client connections per service; connections, health and bytes per server."""
+    service_active = GaugeMetricFamily("fulcrum_tcp_service_connections_active",
+                                       "Open client connections of the TCP service.", labels=("service",))
+    service_total = CounterMetricFamily("fulcrum_tcp_service_connections",
+                                        "Client connections the TCP service accepted.", labels=("service",))
+    unserved = CounterMetricFamily("fulcrum_tcp_service_unserved",
+                                   "Client connections closed because no server could be connected.",
+                                   labels=("service",))
+    labels = ("service", "server")
+    active = GaugeMetricFamily("fulcrum_tcp_connections_active",
+                               "Connections open (or being opened) through the server.", labels=labels)
+    total = CounterMetricFamily("fulcrum_tcp_connections", "Connections established to the server.", labels=labels)
+    failures = CounterMetricFamily("fulcrum_tcp_connect_failures",
+                                   "Connects to the server refused or timed out.", labels=labels)
+    up = GaugeMetricFamily("fulcrum_tcp_server_up", "1 when the server takes new connections (eligible), else 0.",
+                           labels=labels)
+    moved = CounterMetricFamily("fulcrum_tcp_bytes", "Bytes forwarded, by direction (to_server, to_client).",
+                                labels=(*labels, "direction"))
+    for name, group in groups.items():
+        counters = group.counters
+        service_active.add_metric((name,), counters.active)
+        service_total.add_metric((name,), counters.total)
+        unserved.add_metric((name,), counters.unserved)
+        for s in group.servers:
+            active.add_metric((name, s.id), s.active)
+            total.add_metric((name, s.id), s.connections)
+            failures.add_metric((name, s.id), s.connect_failures)
+            up.add_metric((name, s.id), 1 if s.eligible else 0)
+            moved.add_metric((name, s.id, "to_server"), s.bytes_to_server)
+            moved.add_metric((name, s.id, "to_client"), s.bytes_to_client)
+    yield from (service_active, service_total, unserved, active, total, failures, up, moved)
 
 
 def metrics_text(collector: FulcrumCollector) -> bytes:

@@ -6,7 +6,7 @@ import asyncio
 import os
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from fulcrum import __version__
@@ -14,6 +14,7 @@ from fulcrum.state.changes import State
 from fulcrum.state.group import Group
 from fulcrum.state.server import Down, Server
 from fulcrum.state.snapshot import Snapshot
+from fulcrum.state.tcp import TcpGroup, TcpServer
 
 #: Why a server is not eligible, by flag, as the API names it.
 DOWN_REASONS = (
@@ -37,7 +38,7 @@ class Stats(Protocol):
     tunnels_total: int
 
 
-def down_reasons(server: Server) -> list[str]:
+def down_reasons(server: Server | TcpServer) -> list[str]:
     return [name for flag, name in DOWN_REASONS if server.down & flag]
 
 
@@ -90,6 +91,38 @@ def upstreams_view(snapshot: Snapshot, state_of: Callable[[str, Server], State])
     return [group_view(g, state_of) for g in snapshot.groups.values()]
 
 
+def tcp_server_view(server: TcpServer) -> dict[str, Any]:
+    """One server of a TCP service (``TcpServerOut`` in ``fulcrum.admin.app``)."""
+    return {
+        "id": server.id,
+        "weight": server.weight,
+        "healthy": server.healthy,
+        "eligible": server.eligible,
+        "down": down_reasons(server),
+        "active": server.active,
+        "connections": server.connections,
+        "connect_failures": server.connect_failures,
+        "bytes_to_server": server.bytes_to_server,
+        "bytes_to_client": server.bytes_to_client,
+    }
+
+
+def tcp_services_view(groups: Mapping[str, TcpGroup]) -> list[dict[str, Any]]:
+    """Every TCP service: its address, policy, client connections and servers."""
+    return [
+        {
+            "name": name,
+            "listen": group.listen,
+            "balance": group.spec.balance,
+            "connections_active": group.counters.active,
+            "connections_total": group.counters.total,
+            "unserved": group.counters.unserved,
+            "servers": [tcp_server_view(s) for s in group.servers],
+        }
+        for name, group in groups.items()
+    ]
+
+
 def memory_bytes() -> int:
     """Resident memory of this process (peak resident memory where /proc is missing)."""
     try:
@@ -105,6 +138,7 @@ def status_view(
     started: float,
     state_of: Callable[[str, Server], State],
     workers: int = 1,
+    tcp: Mapping[str, TcpGroup] | None = None,
 ) -> dict[str, Any]:
     """Totals and every group: the shape of ``GET /api/v1/status``."""
     total = stats.requests_total
@@ -122,4 +156,5 @@ def status_view(
         "memory_bytes": memory_bytes(),
         "workers": workers,
         "upstreams": upstreams_view(snapshot, state_of),
+        "tcp_services": tcp_services_view(tcp or {}),
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fulcrum.config.schema import Config, HealthCheck, Route, Upstream
+from fulcrum.config.tcp import TcpService
 from fulcrum.config.units import format_duration, format_size
 
 
@@ -41,6 +42,23 @@ def _policy(upstream: Upstream) -> str:
     return text
 
 
+def _tcp_service(name: str, service: TcpService) -> list[str]:
+    count = len(service.servers)
+    timeouts = service.timeouts
+    idle = format_duration(timeouts.idle) if timeouts.idle else "none"
+    lines = [f"  {name}: listen {service.listen}, {service.balance}, {count} server{'s' if count != 1 else ''},"
+             f" connect timeout {format_duration(timeouts.connect)}, idle timeout {idle}"]
+    lines += [f"    {s.address}  weight {s.weight}" for s in service.servers]
+    check = service.health_check
+    if check is None:
+        lines.append("    no health check (servers count as healthy)")
+    else:
+        lines.append(f"    health: TCP connect every {format_duration(check.interval)}"
+                     f" (timeout {format_duration(check.timeout)}), rise {check.rise}, fall {check.fall},"
+                     f" start {check.initial}")
+    return lines
+
+
 def describe(config: Config) -> str:
     """Listeners, routes (match -> upstream) and each upstream with its policy, servers and health check."""
     limits = config.limits
@@ -60,4 +78,8 @@ def describe(config: Config) -> str:
         lines.append(f"  {name}: {_policy(upstream)}, {count} server{'s' if count != 1 else ''}")
         lines += [f"    {s.url}  weight {s.weight}" for s in upstream.servers]
         lines.append(f"    {_health(upstream.health_check)}")
+    if config.tcp_services:
+        lines.append("tcp services:")
+        for name, service in config.tcp_services.items():
+            lines += _tcp_service(name, service)
     return "\n".join(lines)

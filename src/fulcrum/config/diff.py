@@ -1,7 +1,7 @@
 """What a reload would change: two configs compared as a reviewer reads them.
 
 Pure functions, no I/O. ``diff_configs`` lists the changes (top-level settings, routes, then
-upstream groups with their servers); ``format_changes`` turns them into lines such as
+upstream groups with their servers, then TCP services with theirs); ``format_changes`` turns them into lines such as
 ``+ upstream billing (round_robin, 2 servers)`` or ``~ server app 127.0.0.1:5001: weight 1 → 3``.
 Fields are compared generically on ``model_dump(mode="json")``, so a field added to the schema
 later shows up here without changes to this module. Secrets (tokens, password hashes, credential
@@ -21,12 +21,14 @@ from typing import Any, Literal
 
 from fulcrum.config.loader import parse_config
 from fulcrum.config.schema import Config, Route, Upstream
+from fulcrum.config.tcp import TcpService
 from fulcrum.config.units import format_duration, format_size
 
 # Validated durations and sizes are bare numbers in a dump; these key names say how to print them back.
 _DURATIONS = frozenset((
     "interval", "timeout", "connect", "read", "total", "idle_timeout", "window", "eject_for", "max_eject_for",
     "open_for", "ttl", "slow_start", "header_timeout", "keepalive_timeout", "shutdown_grace", "max_age", "refresh",
+    "idle",
 ))
 _SIZES = frozenset(("max_request_line", "max_header_bytes", "max_body_bytes", "max_body", "min_bytes", "max_bytes"))
 # Values under these keys are never printed: password hashes (which also say nothing to a reviewer), and keys
@@ -69,6 +71,8 @@ def diff_configs(old: Config, new: Config, *, ignore: Collection[str] = ()) -> l
     changes += _route_changes(old.routes, new.routes)
     for name in sorted(old.upstreams.keys() | new.upstreams.keys()):
         changes += _upstream_changes(name, old.upstreams.get(name), new.upstreams.get(name))
+    for name in sorted(old.tcp_services.keys() | new.tcp_services.keys()):
+        changes += _tcp_changes(name, old.tcp_services.get(name), new.tcp_services.get(name))
     return changes
 
 
@@ -145,7 +149,7 @@ def _field_changes(subject: str, old: dict[str, Any], new: dict[str, Any]) -> It
 
 
 def _setting_changes(old: Config, new: Config, ignore: Collection[str]) -> Iterator[Change]:
-    skip = {"upstreams", "routes"}
+    skip = {"upstreams", "routes", "tcp_services"}
     before, after = old.model_dump(mode="json", exclude=skip), new.model_dump(mode="json", exclude=skip)
     for path, was, now in _leaves(before, after, ()):
         dotted = ".".join(path)
@@ -285,6 +289,32 @@ def _upstream_changes(name: str, old: Upstream | None, new: Upstream | None) -> 
     # Order only sets round robin's sequence (hash rings ignore it), but "no changes" should mean none at all.
     changes += _order_change(f"upstream {name}", "server order", before, after)
     return changes
+
+
+# ---------------------------------------------------------------- TCP services
+
+
+def _tcp_summary(service: TcpService) -> str:
+    count = len(service.servers)
+    return f"{service.listen}, {service.balance}, {count} server{'s' if count != 1 else ''}"
+
+
+def _tcp_changes(name: str, old: TcpService | None, new: TcpService | None) -> list[Change]:
+    if old is None or new is None:
+        op: Op = "+" if old is None else "-"
+        service = new if new is not None else old
+        return [Change(op, f"tcp service {name}", _tcp_summary(service))] if service is not None else []
+    subject = f"tcp service {name}"
+    changes = list(_field_changes(subject, old.model_dump(mode="json", exclude={"servers"}),
+                                  new.model_dump(mode="json", exclude={"servers"})))
+    before = {s.address: s for s in old.servers}
+    after = {s.address: s for s in new.servers}
+    changes += [Change("-", f"server tcp {name} {sid}") for sid in before if sid not in after]
+    changes += [Change("+", f"server tcp {name} {sid}", f"weight {s.weight}") for sid, s in after.items()
+                if sid not in before]
+    changes += [Change("~", f"server tcp {name} {sid}", f"weight {before[sid].weight} → {s.weight}")
+                for sid, s in after.items() if sid in before and before[sid].weight != s.weight]
+    return changes + _order_change(subject, "server order", before, after)
 
 
 # ---------------------------------------------------------------- the running config, read back

@@ -27,6 +27,7 @@ from fulcrum.config.fields import HOSTNAME, MODEL, TOKEN, Network
 from fulcrum.config.gateway import Match as Match
 from fulcrum.config.gateway import Route as Route
 from fulcrum.config.messages import FULCRUM_ERROR, humanize
+from fulcrum.config.tcp import TcpService, tcp_problems
 from fulcrum.config.units import StatusRanges, parse_duration, parse_size, short_repr
 
 # A problem found by a validator: (key path relative to the model, message, offending value).
@@ -586,13 +587,14 @@ def _defined(names: Iterable[str]) -> str:
 
 
 def _cross_problems(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[Problem]]:
-    """Fill in the default route, check upstream names and that every route names a defined upstream.
+    """Fill in the default route, check upstream names, that every route names a defined upstream, and the
+    TCP services' names and addresses.
 
     This looks at the raw input, so these problems are reported alongside any others.
     """
     upstreams = data.get("upstreams")
     if not isinstance(upstreams, Mapping):
-        return data, []
+        return data, tcp_problems(data)
     names = [str(n) for n in upstreams]
     bad_names: list[Problem] = [
         (("upstreams", name), "upstream names may use only letters, digits, '_', '.' and '-'", name)
@@ -600,7 +602,7 @@ def _cross_problems(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[Pr
         if not _NAME.fullmatch(name)
     ]
     data, problems = _route_problems(data, names)
-    return data, bad_names + problems
+    return data, bad_names + problems + tcp_problems(data)
 
 
 def _route_problems(data: Mapping[str, Any], names: list[str]) -> tuple[Mapping[str, Any], list[Problem]]:
@@ -637,6 +639,7 @@ class Config(BaseModel):
     upstreams: dict[str, Upstream]
     routes: tuple[Route, ...] = ()  # when omitted, filled in by _cross_check
     shutdown_grace: OptionalDuration = 30.0
+    tcp_services: dict[str, TcpService] = {}  # fulcrum.config.tcp
 
     @field_validator("listen", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ from fulcrum.health.active import HealthChecker
 from fulcrum.proxy.context import ProxyContext
 from fulcrum.proxy.downstream import IDLE, ClientConnection
 from fulcrum.proxy.guards import Guards
+from fulcrum.proxy.tcp import Pending, TcpServices
 from fulcrum.state.server import Down
 from fulcrum.state.snapshot import ServerRegistry, Snapshot, build_snapshot
 
@@ -23,6 +24,7 @@ def _tick_for(config: Config) -> float:
     shortest = min(
         [config.limits.header_timeout, config.limits.keepalive_timeout]
         + [t for u in config.upstreams.values() for t in (u.timeouts.connect, u.timeouts.read) if t > 0]
+        + [s.timeouts.idle for s in config.tcp_services.values() if s.timeouts.idle > 0]
     )
     return max(0.01, min(0.25, shortest / 5))
 
@@ -40,6 +42,7 @@ class ProxyServer:
         self._attach_guards(snapshot, None)
         self.ctx = ProxyContext(self.loop, snapshot)
         self.ctx.metrics.use([(r.name, r.upstream or "-") for r in snapshot.routes.routes])
+        self.tcp = TcpServices(self.ctx, config)  # tcp_services: fulcrum.proxy.tcp
         self.listeners: list[socket.socket] = []
         self._bound: list[Listen] = []  # the listen entries of ``listeners``, in order
         self._accepting: set[asyncio.Task[tuple[asyncio.Transport, ClientConnection]]] = set()
@@ -73,6 +76,7 @@ class ProxyServer:
         for listen in self.config.listen:
             self.listeners.append(self._listen(listen.host, listen.port))
         self._bound = list(self.config.listen)
+        await self.tcp.start()
         self._timer = self.loop.call_later(self._tick, self._on_tick)
         log.info("listening on %s", ", ".join(f"{lst.host or '0.0.0.0'}:{lst.port}" for lst in self.config.listen))
 
@@ -152,10 +156,14 @@ class ProxyServer:
         """
         gateway = self.ctx.snapshot.gateway if same_routes else None
         snapshot = build_snapshot(config, self.registry, self.loop.time, self.source, gateway)
+        tcp: Pending | None = None
         try:
+            tcp = self.tcp.prepare(config)  # the TCP services' new addresses, bound first
             if self._bound:  # started: listening already
                 self._rebind(config)
         except OSError:
+            if tcp is not None:
+                tcp.cancel()
             snapshot.close(keep=self.ctx.snapshot.gateway)
             raise
         self._attach_guards(snapshot, self.ctx.snapshot)
@@ -165,6 +173,7 @@ class ProxyServer:
         self.ctx.apply_snapshot(snapshot)
         self._tick = _tick_for(config)
         await self._start_checkers(config)
+        await self.tcp.commit(tcp)
 
     def _rebind(self, config: Config) -> None:
         """Listen on ``config``'s addresses: bind the new ones first, then close those it no longer has."""
@@ -211,15 +220,17 @@ class ProxyServer:
             sock.close()
         for accepting in list(self._accepting):
             accepting.cancel()
+        self.tcp.stop_accepting()
         for client in list(ctx.clients):
             if isinstance(client, ClientConnection) and client.state == IDLE:
                 client.close()
         deadline = self.loop.time() + grace
-        while ctx.clients and self.loop.time() < deadline:
+        while (ctx.clients or self.tcp.connections) and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
         for client in list(ctx.clients):
             if isinstance(client, ClientConnection):
                 client.abort()
+        await self.tcp.close()
         for checker in self.checkers.values():
             await checker.stop()
         for task in list(ctx.connect_tasks):

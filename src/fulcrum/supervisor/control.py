@@ -20,6 +20,7 @@ from fulcrum.proxy.server import ProxyServer
 from fulcrum.state.changes import ChangeError, Key, Overlay, State, server_id
 from fulcrum.state.server import Down, Server
 from fulcrum.state.snapshot import Snapshot
+from fulcrum.state.tcp import TcpGroup
 
 log = logging.getLogger("fulcrum")
 
@@ -54,6 +55,10 @@ class Control:
     @property
     def counters(self) -> Metrics:
         return self.server.ctx.metrics
+
+    @property
+    def tcp_groups(self) -> dict[str, TcpGroup]:
+        return self.server.tcp.groups
 
     def running_config(self) -> dict[str, Any]:
         """The file's config as JSON data (the admin token left out), for ``fulcrum check --admin``."""
