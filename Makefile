@@ -39,6 +39,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 	$(PY) benchmarks/run.py --gateway --conns 50 $(BENCH_ARGS)
+	$(PY) benchmarks/run.py --https --conns 50 $(BENCH_ARGS)
 	$(PY) benchmarks/bench_pick.py
 	$(PY) benchmarks/bench_routes.py
 	$(PY) benchmarks/bench_ws.py

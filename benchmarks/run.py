@@ -18,10 +18,11 @@ CPU, the proxy under test on the second, each proxy with one worker.
     benchmarks/run.py --fulcrum-cmd 'exec .venv/bin/fulcrum proxy --listen 127.0.0.1:{port} --access-log {to_args}'
     benchmarks/run.py --fulcrum-config fulcrum.yaml --fulcrum-port 8080
     benchmarks/run.py --quick --profile    # plus one py-spy profiled Fulcrum run
+    benchmarks/run.py --https --conns 50   # clients over TLS: nginx and Fulcrum with the same certificate
 
-Standard library only. Installs nginx, wrk and taskset with apt-get when
-missing. Everything it starts is stopped by PID at the end, on Ctrl-C and on
-SIGTERM.
+Standard library only (``--https`` makes its certificate with the openssl
+command). Installs nginx, wrk and taskset with apt-get when missing.
+Everything it starts is stopped by PID at the end, on Ctrl-C and on SIGTERM.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -131,6 +133,7 @@ class Options:
     noisy_pct: float
     retries: int
     quiet_wait: float
+    https: bool = False
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
@@ -153,6 +156,12 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         action="store_true",
         help="also run Fulcrum with five built-in middlewares on its route (fulcrum-mw5) and behind a 1,000-route "
         "table (fulcrum-1k), compared with the bare route",
+    )
+    ap.add_argument(
+        "--https",
+        action="store_true",
+        help="clients connect over TLS: nginx and Fulcrum serve the same self-signed certificate (upstreams stay "
+        "plain HTTP)",
     )
     ap.add_argument("--quick", action="store_true", help="1 rep, 5 s runs, 2 s warm-up (explicit options still win)")
     ap.add_argument(
@@ -193,6 +202,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
 
     if ns.fulcrum_cmd and ns.fulcrum_config:
         ap.error("--fulcrum-cmd and --fulcrum-config exclude each other")
+    if ns.https and (ns.gateway or ns.fulcrum_cmd or ns.fulcrum_config):
+        ap.error("--https runs nginx and Fulcrum's own TLS listener: not with --gateway, --fulcrum-cmd or "
+                 "--fulcrum-config")
     if ns.fulcrum_config and ns.fulcrum_port is None:
         ap.error("--fulcrum-config needs --fulcrum-port (the port its listen: names)")
     default = GATEWAY_PROXIES if ns.gateway else DEFAULT_PROXIES
@@ -239,6 +251,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         noisy_pct=ns.noisy,
         retries=max(0, ns.retries),
         quiet_wait=max(0.0, ns.quiet_wait),
+        https=ns.https,
     )
 
 
@@ -477,9 +490,20 @@ def port_in_use(port: int) -> bool:
     return False
 
 
-def http_get(port: int, method: str = "GET", timeout: float = 5.0) -> tuple[int, bytes, dict[str, str]]:
+def _connection(port: int, tls: bool, timeout: float) -> http.client.HTTPConnection:
+    if not tls:
+        return http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    context = ssl.create_default_context()
+    context.check_hostname = False  # the run's own self-signed certificate: encryption is what is measured
+    context.verify_mode = ssl.CERT_NONE
+    return http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=context)
+
+
+def http_get(
+    port: int, method: str = "GET", timeout: float = 5.0, tls: bool = False
+) -> tuple[int, bytes, dict[str, str]]:
     """One request on a fresh connection: (status, body, headers with lower-case names)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn = _connection(port, tls, timeout)
     try:
         conn.request(method, "/")
         resp = conn.getresponse()
@@ -489,7 +513,7 @@ def http_get(port: int, method: str = "GET", timeout: float = 5.0) -> tuple[int,
         conn.close()
 
 
-def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> str | None:
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0, tls: bool = False) -> str | None:
     """Poll until GET / answers 200 with the expected body; returns an error text or None."""
     deadline = time.monotonic() + timeout
     last = "no answer"
@@ -497,7 +521,7 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) 
         if proc.poll() is not None:
             return f"exited with status {proc.returncode}"
         try:
-            status, body, _ = http_get(port, timeout=2.0)
+            status, body, _ = http_get(port, timeout=2.0, tls=tls)
             if status == 200 and body == EXPECTED_BODY:
                 return None
             last = f"answered {status} {body[:40]!r}"
@@ -523,12 +547,12 @@ class Sanity:
     problems: list[str] = field(default_factory=list)
 
 
-def sanity_check(port: int, backend_ports: Sequence[int], requests: int = 30) -> Sanity:
+def sanity_check(port: int, backend_ports: Sequence[int], requests: int = 30, tls: bool = False) -> Sanity:
     """GET / on one keep-alive connection: 200 and the 13-byte body each time, spread over all three
     upstreams (X-Backend); then HEAD / must answer 200 without a body and without hanging."""
     counts: dict[str, int] = {}
     problems: list[str] = []
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn = _connection(port, tls, 5)
     try:
         for _ in range(requests):
             conn.request("GET", "/")
@@ -548,7 +572,7 @@ def sanity_check(port: int, backend_ports: Sequence[int], requests: int = 30) ->
     elif max(counts.values()) - min(counts.values()) > 2:
         problems.append(f"uneven spread for round robin: {counts}")
     try:
-        status, body, _ = http_get(port, "HEAD")
+        status, body, _ = http_get(port, "HEAD", tls=tls)
         if status != 200 or body:
             problems.append(f"HEAD / answered {status} with {len(body)} body bytes")
     except (OSError, http.client.HTTPException) as exc:
@@ -637,13 +661,41 @@ def gateway_config(name: str, port: int, ports: Ports, run_dir: Path) -> dict[st
     return {"listen": [f"127.0.0.1:{port}"], "upstreams": {"app": group}, "routes": routes, "admin": admin}
 
 
+def make_certificate(run_dir: Path) -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1, valid two days, made with the openssl command."""
+    cert, key = run_dir / "bench.pem", run_dir / "bench.key"
+    argv = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1"]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"openssl could not make the run's certificate:\n{done.stderr[-2000:]}")
+    return cert, key
+
+
+def fulcrum_https(opts: Options, port: int, run_dir: Path, cert: Path, key: Path) -> Proxy:
+    """``fulcrum proxy``'s defaults (round robin, no admin listener), listening with TLS."""
+    config = {"listen": [{"address": f"127.0.0.1:{port}", "tls": {"cert": str(cert), "key": str(key)}}],
+              "admin": {"listen": None},
+              "upstreams": {"app": {"servers": [f"http://127.0.0.1:{p}" for p in opts.ports.backends]}}}
+    conf_path = run_dir / "fulcrum-https.json"
+    conf_path.write_text(json.dumps(config, indent=1))
+    fulcrum = VENV_BIN / "fulcrum"
+    exe = str(fulcrum) if fulcrum.exists() else (shutil.which("fulcrum") or str(fulcrum))
+    return Proxy(SUBJECT, port, [exe, "run", "-c", str(conf_path)], "fulcrum run, TLS listener (same certificate)")
+
+
 def build_proxies(opts: Options, run_dir: Path) -> list[Proxy]:
     b1, b2, b3 = opts.ports.backends
+    cert, key = make_certificate(run_dir) if opts.https else (None, None)
     proxies = []
     for name in opts.proxies:
         port = proxy_port(opts, name)
         if name == SUBJECT:
-            proxies.append(fulcrum_proxy(opts, port))
+            if cert is not None and key is not None:
+                proxies.append(fulcrum_https(opts, port, run_dir, cert, key))
+            else:
+                proxies.append(fulcrum_proxy(opts, port))
             continue
         if name in GATEWAY_TARGETS:
             conf_path = run_dir / f"{name}.json"
@@ -661,10 +713,17 @@ def build_proxies(opts: Options, run_dir: Path) -> list[Proxy]:
             continue
         keepalive = 1024 if name == "nginx-ka1k" else 32
         values: dict[str, object] = dict(
-            RUN_DIR=run_dir, NAME=name, PORT=port, KEEPALIVE=keepalive, BACKEND_1=b1, BACKEND_2=b2, BACKEND_3=b3
+            RUN_DIR=run_dir, NAME=name, PORT=port, KEEPALIVE=keepalive, BACKEND_1=b1, BACKEND_2=b2, BACKEND_3=b3,
+            SSL="", TLS_SETTINGS="",
         )
+        note = f"1 worker, upstream keepalive {keepalive}"
+        if cert is not None:
+            values["SSL"] = " ssl"
+            values["TLS_SETTINGS"] = (f"ssl_certificate {cert}; ssl_certificate_key {key}; "
+                                      "ssl_protocols TLSv1.2 TLSv1.3;")
+            note += ", TLS listener (same certificate)"
         conf = render("balancer.nginx.conf", run_dir / f"{name}.conf", values)
-        proxies.append(Proxy(name, port, nginx_argv(run_dir, conf, name), f"1 worker, upstream keepalive {keepalive}"))
+        proxies.append(Proxy(name, port, nginx_argv(run_dir, conf, name), note))
     return proxies
 
 
@@ -722,7 +781,7 @@ def run_wrk(procs: Processes, opts: Options, port: int, conns: int, duration: in
         "--latency",
         "--timeout",
         f"{opts.wrk_timeout}s",
-        f"http://127.0.0.1:{port}/",
+        f"{'https' if opts.https else 'http'}://127.0.0.1:{port}/",
     ]
     proc = procs.start("wrk", argv, None, opts.load_cpu)
     try:
@@ -997,7 +1056,8 @@ def markdown_report(meta: dict[str, Any], rows: list[Row], rs: list[Ratio], vs: 
         "",
         f"wrk -t{meta['wrk_threads']} -c{{{','.join(map(str, meta['conns']))}}} -d{meta['duration_s']}s "
         f"--latency --timeout {meta['wrk_timeout_s']}s, {meta['reps']} rep(s), proxies interleaved; "
-        f"pinning: {meta['pinning']}. Medians over the reps.",
+        f"pinning: {meta['pinning']}. Medians over the reps."
+        + (" Clients over TLS (wrk https://), the same certificate on both proxies." if meta.get("https") else ""),
         "",
         *(f"- {name} (port {info['port']}): {info['note']}" for name, info in meta["proxies"].items()),
         *(f"- {name}: FAILED to start or to pass the sanity check" for name in meta["failed_to_start"]),
@@ -1204,9 +1264,9 @@ def start_proxies(procs: Processes, opts: Options, run_dir: Path, proxies: list[
         log_path = run_dir / f"{px.name}.log"
         proc = procs.start(px.name, px.argv, log_path, opts.proxy_cpu)
         px.pid = proc.pid
-        err = wait_ready(px.port, proc)
+        err = wait_ready(px.port, proc, tls=opts.https)
         if err is None:
-            px.sanity = sanity_check(px.port, opts.ports.backends)
+            px.sanity = sanity_check(px.port, opts.ports.backends, tls=opts.https)
             err = "; ".join(px.sanity.problems) or None
         if err is not None:
             tail = log_path.read_text(errors="replace")[-800:].strip() if log_path.exists() else ""
@@ -1358,6 +1418,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "conns": opts.conns,
         "wrk_threads": opts.threads,
         "wrk_timeout_s": opts.wrk_timeout,
+        "https": opts.https,
         "pinning": pinning,
         "ports": {"status": opts.ports.status, "upstreams": list(opts.ports.backends)},
         "proxies": {

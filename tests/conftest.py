@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
 import pytest
 
 from fulcrum.build import stale_compiled_modules
 from tests.proxy.harness import RunningProxy
+from tests.support.certs import Pki
 from tests.support.upstream import RefusingPort, UpstreamServer, refusing_port
 
 
@@ -37,11 +40,12 @@ def make_proxy() -> Iterator[Callable[[dict[str, Any]], RunningProxy]]:
 
 @pytest.fixture
 def make_upstream() -> Iterator[Callable[..., UpstreamServer]]:
-    """Start upstream servers on demand (``make_upstream(name="a")``); all are stopped after the test."""
+    """Start upstream servers on demand (``make_upstream(name="a")``, ``ssl=`` for TLS); all are stopped after the
+    test."""
     started: list[UpstreamServer] = []
 
-    def make(name: str | None = None) -> UpstreamServer:
-        server = UpstreamServer(name=name).start()
+    def make(name: str | None = None, ssl: SSLContext | None = None) -> UpstreamServer:
+        server = UpstreamServer(name=name, ssl=ssl).start()
         started.append(server)
         return server
 
@@ -61,3 +65,9 @@ def dead_port() -> Iterator[RefusingPort]:
     """A port on 127.0.0.1 that refuses connections for the whole test."""
     with refusing_port() as port:
         yield port
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    """A throwaway CA whose certificates are written under the test's directory."""
+    return Pki(tmp_path)

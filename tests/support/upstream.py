@@ -8,7 +8,8 @@ misbehave exactly.
 Connections are keep-alive by default for HTTP/1.1 and closed after the response on ``Connection: close``; HTTP/1.0
 keeps the connection only on ``Connection: keep-alive``. Request bodies may be framed by Content-Length or chunked
 (decoded, trailers kept). Pipelined requests are answered in order. A request the server cannot parse gets a 400 and
-the connection is closed; the reason is kept in ``protocol_errors``.
+the connection is closed; the reason is kept in ``protocol_errors``. Given an ``ssl`` context it serves the same over
+TLS (``url`` is then https://), and keeps each connection's client certificate in ``peer_certs``.
 
 Behaviour is selected by the request path (the query string carries options):
 
@@ -57,6 +58,7 @@ import gc
 import hashlib
 import json
 import socket
+import ssl as ssl_module
 import struct
 import threading
 import weakref
@@ -223,8 +225,10 @@ class UpstreamServer:
 
     refusing_port = staticmethod(refusing_port)
 
-    def __init__(self, name: str | None = None) -> None:
+    def __init__(self, name: str | None = None, ssl: ssl_module.SSLContext | None = None) -> None:
         self._name = name
+        self._ssl = ssl  # serve TLS with this context (https:// URLs); the peer certificates are kept
+        self._peer_certs: list[dict[str, Any] | None] = []
         self.healthy = True
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -282,7 +286,7 @@ class UpstreamServer:
         asyncio.set_event_loop(loop)
         try:
             self._server = loop.run_until_complete(
-                asyncio.start_server(self._handle, "127.0.0.1", 0, limit=_HEAD_LIMIT, backlog=1024)
+                asyncio.start_server(self._handle, "127.0.0.1", 0, limit=_HEAD_LIMIT, backlog=1024, ssl=self._ssl)
             )
             self._port = self._server.sockets[0].getsockname()[1]
         except BaseException as err:  # reported to the starting thread
@@ -347,11 +351,17 @@ class UpstreamServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self._ssl is not None else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def id(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def peer_certs(self) -> list[dict[str, Any] | None]:
+        """For a TLS server: the client certificate of each connection accepted (None: it sent none)."""
+        with self._lock:
+            return list(self._peer_certs)
 
     @property
     def connections_accepted(self) -> int:
@@ -401,6 +411,8 @@ class UpstreamServer:
             return
         with self._lock:
             self._accepted += 1
+            if self._ssl is not None:
+                self._peer_certs.append(writer.get_extra_info("peercert") or None)
             conn = _Conn(self._accepted, reader, writer, asyncio.current_task())
             self._conns[conn.number] = conn
         try:

@@ -67,7 +67,7 @@ class NewServer(BaseModel):
     """A server to add to a group."""
 
     model_config = ConfigDict(extra="forbid")
-    url: str = Field(description="http://host:port")
+    url: str = Field(description="http://host:port or https://host:port")
     weight: int = Field(1, ge=1, le=1000)
 
 

@@ -64,7 +64,7 @@ def describe(config: Config) -> str:
     limits = config.limits
     body = format_size(limits.max_body_bytes) if limits.max_body_bytes else "unlimited"
     lines = [
-        f"listen: {', '.join(str(item) for item in config.listen)}",
+        f"listen: {', '.join(item.describe() for item in config.listen)}",
         f"limits: request line {format_size(limits.max_request_line)}, headers {format_size(limits.max_header_bytes)},"
         f" body {body}, header timeout {format_duration(limits.header_timeout)},"
         f" keep-alive {format_duration(limits.keepalive_timeout)}",

@@ -99,8 +99,9 @@ def _leaves(old: Any, new: Any, path: tuple[str, ...]) -> Iterator[tuple[tuple[s
 
 
 def _is_address(value: object) -> bool:
-    """A dumped ``Listen``: printed whole as ``host:port``, never as separate host and port changes."""
-    return isinstance(value, dict) and value.keys() == {"host", "port"}
+    """A dumped plain ``Listen``: printed whole as ``host:port``, never as separate host and port changes."""
+    return isinstance(value, dict) and {"host", "port"} <= value.keys() \
+        and all(v is None for k, v in value.items() if k not in ("host", "port"))
 
 
 def _show(value: Any, path: tuple[str, ...] = (), inner: bool = False) -> str:

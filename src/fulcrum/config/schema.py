@@ -28,6 +28,7 @@ from fulcrum.config.gateway import Match as Match
 from fulcrum.config.gateway import Route as Route
 from fulcrum.config.messages import FULCRUM_ERROR, humanize
 from fulcrum.config.tcp import TcpService, tcp_problems
+from fulcrum.config.tls import RedirectToHttps, ServerTLS, UpstreamTLS
 from fulcrum.config.units import StatusRanges, parse_duration, parse_size, short_repr
 
 # A problem found by a validator: (key path relative to the model, message, offending value).
@@ -187,6 +188,48 @@ class Listen(BaseModel):
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+class ProxyListen(Listen):
+    """A listen entry of the proxy: ``"host:port"``, or ``{address, tls}`` for HTTPS, or
+    ``{address, redirect_to_https}`` for a listener that only redirects to HTTPS."""
+
+    tls: ServerTLS | None = None
+    redirect_to_https: RedirectToHttps | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_address(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or "address" not in data:
+            return data
+        if "host" in data or "port" in data:
+            fail([(("address",), "give either address or host and port, not both", data["address"])])
+        rest = {k: v for k, v in data.items() if k != "address"}
+        try:
+            return {**parse_listen(data["address"]), **rest}
+        except ValueError as err:
+            fail([(("address",), str(err), data["address"])])
+
+    @field_validator("redirect_to_https", mode="before")
+    @classmethod
+    def _redirect_off(cls, value: object) -> object:
+        return None if value is False else value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ProxyListen:
+        if self.tls is not None and self.redirect_to_https is not None:
+            fail([(("redirect_to_https",), "a redirect listener serves plain HTTP: give it its own address, "
+                   "without tls", None)])
+        return self
+
+    def describe(self) -> str:
+        """The address and what it serves, for ``fulcrum check``."""
+        if self.tls is not None:
+            count = len(self.tls.pairs())
+            return f"{self} (https, {count} certificate{'s' if count != 1 else ''})"
+        if self.redirect_to_https is not None:
+            return f"{self} (redirects to https)"
+        return str(self)
+
+
 # ---------------------------------------------------------------- top-level sections
 
 
@@ -269,7 +312,7 @@ class Sticky(BaseModel):
 
 
 def _check_server_url(value: str) -> str:
-    problem = f"must be a URL like http://host:port, got {short_repr(value)}"
+    problem = f"must be a URL like http://host:port or https://host:port, got {short_repr(value)}"
     text = value.strip()
     if "://" not in text:
         raise ValueError(problem)
@@ -279,21 +322,20 @@ def _check_server_url(value: str) -> str:
     except ValueError as err:
         reason = str(err)
         raise ValueError(f"{problem} ({reason[:1].lower()}{reason[1:]})") from None
-    if parts.scheme.lower() == "https":
-        raise ValueError("https upstreams are not supported yet")
-    if parts.scheme.lower() != "http" or not parts.hostname:
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(problem)
     if parts.username is not None or parts.query or parts.fragment or parts.path not in ("", "/"):
-        raise ValueError(f"must be just http://host:port, with no path, query or user, got {short_repr(value)}")
+        raise ValueError(f"must be just {scheme}://host:port, with no path, query or user, got {short_repr(value)}")
     host = parts.hostname
     if not _valid_host(host):
         raise ValueError(f"{problem} (bad host name {host!r})")
-    port = 80 if port is None else port
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    port = (443 if scheme == "https" else 80) if port is None else port
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 class ServerSpec(BaseModel):
-    """One server of a group: a URL string or ``{url, weight}``. The URL is stored as ``http://host:port``."""
+    """One server of a group: a URL string or ``{url, weight}``, stored as ``http://host:port`` (or https)."""
 
     model_config = _MODEL
 
@@ -317,12 +359,17 @@ class ServerSpec(BaseModel):
 
     @property
     def port(self) -> int:
-        return urlsplit(self.url).port or 80
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("https://")
 
     @property
     def address(self) -> str:
         """``host:port`` (``[v6]:port``), the server's id within its group."""
-        return self.url.removeprefix("http://")
+        return self.url.partition("://")[2]
 
 
 class HealthCheck(BaseModel):
@@ -538,6 +585,7 @@ class Upstream(BaseModel):
     circuit_breaker: CircuitBreaker | None = None
     retries: Retries | None = None
     queue: Queue = Queue()
+    tls: UpstreamTLS | None = None  # for the group's https:// servers
 
     @field_validator("hash_key")
     @classmethod
@@ -629,7 +677,7 @@ class Config(BaseModel):
 
     model_config = _MODEL
 
-    listen: tuple[Listen, ...] = (Listen(port=8080),)
+    listen: tuple[ProxyListen, ...] = (ProxyListen(port=8080),)
     workers: Annotated[int, PlainValidator(_check_workers)] = 1
     limits: Limits = Limits()
     expose_upstream: bool = False
@@ -648,7 +696,7 @@ class Config(BaseModel):
 
     @field_validator("listen")
     @classmethod
-    def _distinct_listen(cls, listen: tuple[Listen, ...]) -> tuple[Listen, ...]:
+    def _distinct_listen(cls, listen: tuple[ProxyListen, ...]) -> tuple[ProxyListen, ...]:
         if not listen:
             raise ValueError("list at least one address")
         seen: dict[tuple[str, int], int] = {}

@@ -1,7 +1,8 @@
 """Active health checks: a periodic HTTP request to every server of a group.
 
 One :class:`HealthChecker` per upstream group. Each check opens a new TCP
-connection, sends one ``Connection: close`` request and reads the response
+connection (TLS for an https server, verified as the group's requests are),
+sends one ``Connection: close`` request and reads the response
 (bounded by the check timeout and a 64 KiB body cap). The checker writes one
 thing to the data plane, the ``Down.ACTIVE_CHECK`` flag of each server; the
 rest of its state (counters, last result, last failure) is kept by server id
@@ -25,6 +26,7 @@ import logging
 import random
 import re
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -73,6 +75,14 @@ class HealthCheckSpec(Protocol):
     def fall(self) -> int: ...
     @property
     def initial(self) -> str: ...
+
+
+class ClientTLSSpec(Protocol):
+    """How checks of https servers connect (``fulcrum.proxy.tls.ClientTLS``)."""
+
+    @property
+    def context(self) -> ssl.SSLContext: ...
+    def hostname(self, host: str) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,12 +214,19 @@ def evaluate(parser: ResponseParser, spec: HealthCheckSpec) -> ProbeResult:
     return ProbeResult(True, "", parser.status)
 
 
-async def probe(host: str, port: int, request: bytes, spec: HealthCheckSpec) -> ProbeResult:
-    """Run one check against ``host:port``; never raises (but for cancellation), bounded by ``spec.timeout``."""
+async def probe(
+    host: str, port: int, request: bytes, spec: HealthCheckSpec, tls: ClientTLSSpec | None = None
+) -> ProbeResult:
+    """Run one check against ``host:port`` (over TLS with ``tls``); never raises (but for cancellation), bounded
+    by ``spec.timeout``, the handshake included."""
     parser = ResponseParser(head_request=request.startswith(b"HEAD "), body_cap=BODY_CAP)
     try:
         async with asyncio.timeout(spec.timeout):
-            reader, writer = await asyncio.open_connection(host, port)
+            if tls is None:
+                reader, writer = await asyncio.open_connection(host, port)
+            else:
+                reader, writer = await asyncio.open_connection(host, port, ssl=tls.context,
+                                                               server_hostname=tls.hostname(host))
             try:
                 writer.write(request)
                 await writer.drain()
@@ -232,6 +249,8 @@ async def probe(host: str, port: int, request: bytes, spec: HealthCheckSpec) -> 
         return ProbeResult(False, "invalid response", parser.status or None)
     except (ConnectionResetError, BrokenPipeError):
         return ProbeResult(False, "connection reset")
+    except ssl.SSLError as err:
+        return ProbeResult(False, f"TLS error: {err.reason or err}")
     except socket.gaierror:
         return ProbeResult(False, f"cannot resolve {host}")
     except OSError as err:
@@ -270,6 +289,7 @@ class HealthChecker:
         rng: random.Random | None = None,
         on_change: Callable[[Server, bool, str], None] | None = None,
         previous: HealthChecker | None = None,
+        tls: ClientTLSSpec | None = None,
     ) -> None:
         if spec.interval <= 0 or spec.timeout <= 0:
             raise ValueError("health check interval and timeout must be positive")
@@ -282,6 +302,7 @@ class HealthChecker:
         self._clock = clock or _loop_time
         self._rng = rng or random.Random()
         self._on_change = on_change
+        self._tls = tls  # for the group's https servers
         self._servers: dict[str, Server] = {}
         self._records: dict[str, HealthRecord] = {}
         self._requests: dict[str, bytes] = {}
@@ -413,7 +434,8 @@ class HealthChecker:
         record = self._records.get(server_id)
         if server is None or record is None:
             return ProbeResult(False, "not checked")  # removed before its turn came
-        result = await probe(server.host, server.port, self._requests[server_id], self.spec)
+        tls = self._tls if server.tls else None
+        result = await probe(server.host, server.port, self._requests[server_id], self.spec, tls)
         if self._records.get(server_id) is not record:
             return result  # removed or taken over while the check ran
         changed = record.record(result, self._clock(), rise=self.spec.rise, fall=self.spec.fall)

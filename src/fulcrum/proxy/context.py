@@ -144,7 +144,7 @@ class ProxyContext:
 
     def new_pool(self, group: Group, server: Server) -> Pool:
         pool = self.pools[server] = Pool(self, server)
-        pool.configure(group.spec, self.snapshot.max_header_bytes)
+        pool.configure(group.spec, self.snapshot.max_header_bytes, group.tls)
         return pool
 
     def apply_snapshot(self, snapshot: Snapshot) -> None:
@@ -159,7 +159,7 @@ class ProxyContext:
                 pool.close()
                 del self.pools[server]
             else:
-                pool.configure(group.spec, snapshot.max_header_bytes)
+                pool.configure(group.spec, snapshot.max_header_bytes, group.tls)
         if old is not snapshot:
             old.close(keep=snapshot.gateway)
 

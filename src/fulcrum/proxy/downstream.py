@@ -26,6 +26,7 @@ import httptools
 from fulcrum.http.headers import HOP_BY_HOP, connection_tokens, is_trusted, valid_request_id
 from fulcrum.http.status import error_response
 from fulcrum.proxy.exchange import BODY, DONE, HEAD, Exchange
+from fulcrum.proxy.tls import negotiated_protocol
 
 if TYPE_CHECKING:
     from fulcrum.proxy.context import ProxyContext
@@ -34,6 +35,7 @@ log = logging.getLogger("fulcrum.proxy")
 
 # Connection states, for timeouts (TUNNEL: upgraded, the connection's bytes belong to a ``Tunnel``).
 IDLE, READING_HEAD, BUSY, CLOSED, TUNNEL = 0, 1, 2, 3, 4
+HTTP, HTTPS = b"http", b"https"
 
 # Request headers handled by name; everything else is forwarded as it came.
 (_HOST, _CL, _TE, _CONN, _XFF, _XFP, _XFH, _FWD, _RID, _EXPECT, _COOKIE, _UPGRADE, _WS_KEY, _WS_VERSION,
@@ -82,6 +84,7 @@ class ClientConnection(asyncio.Protocol):
     BLOCK_UPGRADE = 8  # bytes after an Upgrade request wait for the upstream's answer
 
     __slots__ = (
+        "alpn",
         "building",
         "client_ip",
         "client_ip_b",
@@ -91,6 +94,7 @@ class ClientConnection(asyncio.Protocol):
         "parser",
         "partial",
         "pending",
+        "proto",
         "raw_left",
         "read_block",
         "reject_after",
@@ -102,8 +106,10 @@ class ClientConnection(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, ctx: ProxyContext) -> None:
+    def __init__(self, ctx: ProxyContext, tls: bool = False) -> None:
         self.ctx = ctx
+        self.proto = HTTPS if tls else HTTP  # what X-Forwarded-Proto and Forwarded say
+        self.alpn = ""  # the protocol a TLS connection negotiated (ALPN)
         self.transport: asyncio.Transport | None = None
         self.parser = self._new_parser()
         self.state = IDLE
@@ -139,6 +145,8 @@ class ClientConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+        if self.proto == HTTPS:
+            self.alpn = negotiated_protocol(transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.client_ip = str(peer[0])

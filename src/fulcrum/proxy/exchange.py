@@ -1017,10 +1017,10 @@ class Exchange:
         if style != "rfc7239":
             xff = self.xff
             parts += (b"X-Forwarded-For: ", xff + b", " + ip if xff and trusted else ip, CRLF)
-            parts += (b"X-Forwarded-Proto: ", self.xfp if self.xfp and trusted else b"http", CRLF)
+            parts += (b"X-Forwarded-Proto: ", self.xfp if self.xfp and trusted else client.proto, CRLF)
             parts += (b"X-Forwarded-Host: ", self.xfh if self.xfh and trusted else host, CRLF)
         if style != "x-forwarded":
-            node = b"for=" + forwarded_node(client.client_ip) + b";host=\"" + host + b"\";proto=http"
+            node = b"for=" + forwarded_node(client.client_ip) + b";host=\"" + host + b"\";proto=" + client.proto
             fwd = self.fwd
             parts += (b"Forwarded: ", fwd + b", " + node if fwd and trusted else node, CRLF)
         parts += (b"X-Request-ID: ", self.rid, CRLF)

@@ -6,17 +6,46 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
+from functools import partial
 
-from fulcrum.config import Config, Listen
+from fulcrum.config import Config, ConfigError
+from fulcrum.config.tls import RedirectToHttps
 from fulcrum.health.active import HealthChecker
 from fulcrum.proxy.context import ProxyContext
 from fulcrum.proxy.downstream import IDLE, ClientConnection
 from fulcrum.proxy.guards import Guards
 from fulcrum.proxy.tcp import Pending, TcpServices
+from fulcrum.proxy.redirect import RedirectConnection
+from fulcrum.proxy.tls import ListenerTLS, client_tls
 from fulcrum.state.server import Down
 from fulcrum.state.snapshot import ServerRegistry, Snapshot, build_snapshot
 
 log = logging.getLogger("fulcrum")
+tls_log = logging.getLogger("fulcrum.tls")
+
+Address = tuple[str, int]
+
+
+class Endpoint:
+    """One listening socket and what it serves: plain HTTP, HTTPS with ``tls``, or a ``redirect`` to HTTPS.
+
+    A reload that keeps the address keeps the socket and changes these in place, between two
+    accepts: the next connection gets the new certificates, established ones keep theirs.
+    """
+
+    __slots__ = ("address", "redirect", "sock", "tls")
+
+    def __init__(self, sock: socket.socket, address: Address) -> None:
+        self.sock = sock
+        self.address = address
+        self.tls: ListenerTLS | None = None
+        self.redirect: RedirectToHttps | None = None
+
+
+def listener_tls(config: Config, source: str) -> list[ListenerTLS | None]:
+    """The TLS contexts of each listen entry (None for plain ones); raises ``ConfigError``."""
+    return [ListenerTLS(lst.tls, f"listen[{i}]", source) if lst.tls is not None else None
+            for i, lst in enumerate(config.listen)]
 
 
 def _tick_for(config: Config) -> float:
@@ -38,14 +67,15 @@ class ProxyServer:
         self.config = config
         self.registry = ServerRegistry()
         self.checkers: dict[str, HealthChecker] = {}
+        self._tls = listener_tls(config, source)
         snapshot = self._build(config)
         self._attach_guards(snapshot, None)
+        self._attach_tls(snapshot)
         self.ctx = ProxyContext(self.loop, snapshot)
         self.ctx.metrics.use([(r.name, r.upstream or "-") for r in snapshot.routes.routes])
         self.tcp = TcpServices(self.ctx, config)  # tcp_services: fulcrum.proxy.tcp
-        self.listeners: list[socket.socket] = []
-        self._bound: list[Listen] = []  # the listen entries of ``listeners``, in order
-        self._accepting: set[asyncio.Task[tuple[asyncio.Transport, ClientConnection]]] = set()
+        self.endpoints: list[Endpoint] = []  # in the order of config.listen, once started
+        self._accepting: set[asyncio.Task[tuple[asyncio.BaseTransport, asyncio.BaseProtocol]]] = set()
         self._tick = _tick_for(config)
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
@@ -61,57 +91,112 @@ class ProxyServer:
             guards = Guards(group, old.guards if old is not None else None, self.loop.time)
             group.guards = guards if guards.active else None
 
+    def _attach_tls(self, snapshot: Snapshot) -> None:
+        """The client TLS of each group with https servers (or a ``tls`` block), built once for this snapshot."""
+        for name, group in snapshot.groups.items():
+            spec = group.spec.tls
+            if spec is not None or any(server.tls for server in group.servers):
+                group.tls = client_tls(spec, f"upstreams.{name}", self.source)
+
     @property
     def snapshot(self) -> Snapshot:
         return self.ctx.snapshot
 
     @property
+    def listeners(self) -> list[socket.socket]:
+        return [endpoint.sock for endpoint in self.endpoints]
+
+    @property
     def ports(self) -> list[int]:
-        """The ports actually bound (useful with port 0)."""
-        return [sock.getsockname()[1] for sock in self.listeners]
+        """The ports actually bound (useful with port 0), in the order of ``listen``."""
+        return [endpoint.sock.getsockname()[1] for endpoint in self.endpoints]
 
     async def start(self) -> None:
         """Check health once, then bind the listeners and start serving."""
         await self._start_checkers(self.config)
-        for listen in self.config.listen:
-            self.listeners.append(self._listen(listen.host, listen.port))
-        self._bound = list(self.config.listen)
+        try:
+            for listen in self.config.listen:
+                self.endpoints.append(self._listen((listen.host, listen.port)))
+        except OSError:
+            self._unlisten(self.endpoints)
+            self.endpoints = []
+            raise
+        self._serve(self.config, self._tls)
         await self.tcp.start()
         self._timer = self.loop.call_later(self._tick, self._on_tick)
-        log.info("listening on %s", ", ".join(f"{lst.host or '0.0.0.0'}:{lst.port}" for lst in self.config.listen))
+        log.info("listening on %s", ", ".join(lst.describe() for lst in self.config.listen))
 
-    def _listen(self, host: str, port: int) -> socket.socket:
+    def _listen(self, address: Address) -> Endpoint:
         """Bind and listen; connections are accepted by ``_accept``, as many as are waiting each time."""
+        host, port = address
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, type_, proto, _, address = infos[0]
+        family, type_, proto, _, bound = infos[0]
         sock = socket.socket(family, type_, proto)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
+            sock.bind(bound)
             sock.listen(4096)
             sock.setblocking(False)
         except OSError:
             sock.close()
             raise
-        self.loop.add_reader(sock.fileno(), self._accept, sock)
-        return sock
+        endpoint = Endpoint(sock, address)
+        self.loop.add_reader(sock.fileno(), self._accept, endpoint)
+        return endpoint
 
-    def _accept(self, sock: socket.socket) -> None:
+    def _unlisten(self, endpoints: list[Endpoint]) -> None:
+        for endpoint in endpoints:
+            self.loop.remove_reader(endpoint.sock.fileno())
+            endpoint.sock.close()
+
+    def _serve(self, config: Config, tls: list[ListenerTLS | None]) -> None:
+        """Point each endpoint (in the order of ``config.listen``) at what its entry now serves."""
+        for endpoint, listen, contexts in zip(self.endpoints, config.listen, tls, strict=True):
+            endpoint.tls = contexts
+            endpoint.redirect = listen.redirect_to_https
+
+    def _accept(self, endpoint: Endpoint) -> None:
         # Drain the accept queue at once: accepting one connection per loop turn lets a burst of new
         # clients wait behind a busy loop for up to a second (seen at 400 connections on a cold pool).
         loop = self.loop
+        sock = endpoint.sock
+        tls = endpoint.tls
+        factory: Callable[[], asyncio.Protocol]
+        if tls is not None:
+            factory = lambda: ClientConnection(self.ctx, True)  # noqa: E731
+        elif endpoint.redirect is not None:
+            redirect = endpoint.redirect
+            factory = lambda: RedirectConnection(self.ctx, redirect)  # noqa: E731
+        else:
+            factory = lambda: ClientConnection(self.ctx)  # noqa: E731
         for _ in range(1024):
             try:
-                conn, _ = sock.accept()
+                conn, peer = sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:  # out of file descriptors, say: try again on the next turn
                 log.warning("accept failed: %s", err)
                 return
             conn.setblocking(False)
-            task = loop.create_task(loop.connect_accepted_socket(lambda: ClientConnection(self.ctx), conn))
+            if tls is None:
+                task = loop.create_task(loop.connect_accepted_socket(factory, conn))
+                task.add_done_callback(self._accepting.discard)
+            else:
+                # a handshake gets as long as a request head; one that fails or stalls ends the connection
+                task = loop.create_task(loop.connect_accepted_socket(
+                    factory, conn, ssl=tls.context, ssl_handshake_timeout=self.ctx.snapshot.header_timeout))
+                task.add_done_callback(partial(self._handshake_done, peer))
             self._accepting.add(task)
-            task.add_done_callback(self._accepting.discard)
+
+    def _handshake_done(self, peer: object,
+                        task: asyncio.Task[tuple[asyncio.BaseTransport, asyncio.BaseProtocol]]) -> None:
+        self._accepting.discard(task)
+        if task.cancelled():
+            return
+        err = task.exception()  # retrieved, so asyncio logs no "exception was never retrieved" traceback
+        if err is not None:  # garbage, a stalled or refused handshake: one line, for debugging clients
+            client = peer[0] if isinstance(peer, tuple) and peer else peer
+            tls_log.debug("TLS handshake with %s failed: %s", client, err)
 
     async def _start_checkers(self, config: Config) -> None:
         """One checker per group with health checks; a rebuilt checker takes over its predecessor's state."""
@@ -127,7 +212,7 @@ class ProxyServer:
                 for server in group.servers:
                     server.set_down(Down.ACTIVE_CHECK, False)
                 continue
-            checker = HealthChecker(name, group.servers, spec, previous=previous)
+            checker = HealthChecker(name, group.servers, spec, previous=previous, tls=group.tls)
             if previous is None:
                 first_rounds.append(checker.check_all_once())
             self.checkers[name] = checker
@@ -154,14 +239,16 @@ class ProxyServer:
         Raises ``ConfigError`` (routes that cannot be built) or ``OSError`` (an address that cannot be
         bound) with nothing changed.
         """
+        tls = listener_tls(config, self.source)
         gateway = self.ctx.snapshot.gateway if same_routes else None
         snapshot = build_snapshot(config, self.registry, self.loop.time, self.source, gateway)
         tcp: Pending | None = None
         try:
             tcp = self.tcp.prepare(config)  # the TCP services' new addresses, bound first
-            if self._bound:  # started: listening already
+            self._attach_tls(snapshot)
+            if self.endpoints:  # started: listening already
                 self._rebind(config)
-        except OSError:
+        except (OSError, ConfigError):
             if tcp is not None:
                 tcp.cancel()
             snapshot.close(keep=self.ctx.snapshot.gateway)
@@ -170,6 +257,9 @@ class ProxyServer:
         if prepare is not None:
             prepare(snapshot)
         self.config = config
+        self._tls = tls
+        if self.endpoints:
+            self._serve(config, tls)
         self.ctx.apply_snapshot(snapshot)
         self._tick = _tick_for(config)
         await self._start_checkers(config)
@@ -177,24 +267,26 @@ class ProxyServer:
 
     def _rebind(self, config: Config) -> None:
         """Listen on ``config``'s addresses: bind the new ones first, then close those it no longer has."""
-        current = {(lst.host, lst.port): sock for lst, sock in zip(self._bound, self.listeners, strict=True)}
-        wanted = [(lst.host, lst.port) for lst in config.listen]
-        opened: dict[tuple[str, int], socket.socket] = {}
+        current: dict[Address, list[Endpoint]] = {}
+        for endpoint in self.endpoints:
+            current.setdefault(endpoint.address, []).append(endpoint)
+        wanted: list[Address] = [(lst.host, lst.port) for lst in config.listen]
+        opened: list[Endpoint] = []
+        endpoints: list[Endpoint] = []
         try:
             for address in wanted:
-                if address not in current and address not in opened:
-                    opened[address] = self._listen(*address)
+                kept = current.get(address)
+                if kept:
+                    endpoints.append(kept.pop(0))
+                else:
+                    endpoint = self._listen(address)
+                    opened.append(endpoint)
+                    endpoints.append(endpoint)
         except OSError:
-            for sock in opened.values():
-                self.loop.remove_reader(sock.fileno())
-                sock.close()
+            self._unlisten(opened)
             raise
-        for address, sock in current.items():
-            if address not in wanted:
-                self.loop.remove_reader(sock.fileno())
-                sock.close()
-        self.listeners = [current.get(a) or opened[a] for a in wanted]
-        self._bound = list(config.listen)
+        self._unlisten([e for left in current.values() for e in left])
+        self.endpoints = endpoints
         if opened:
             log.info("now listening on %s", ", ".join(str(lst) for lst in config.listen))
 
@@ -215,21 +307,21 @@ class ProxyServer:
             grace = self.config.shutdown_grace
         ctx = self.ctx
         ctx.draining = True
-        for sock in self.listeners:
-            self.loop.remove_reader(sock.fileno())
-            sock.close()
+        self._unlisten(self.endpoints)
         for accepting in list(self._accepting):
             accepting.cancel()
         self.tcp.stop_accepting()
-        for client in list(ctx.clients):
-            if isinstance(client, ClientConnection) and client.state == IDLE:
-                client.close()
+        idle: list[ClientConnection | RedirectConnection] = [
+            c for c in ctx.clients if isinstance(c, ClientConnection) and c.state == IDLE]
+        idle += [c for c in ctx.clients if isinstance(c, RedirectConnection)]  # one answer and closed anyway
+        for client in idle:
+            client.close()
         deadline = self.loop.time() + grace
         while (ctx.clients or self.tcp.connections) and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
-        for client in list(ctx.clients):
-            if isinstance(client, ClientConnection):
-                client.abort()
+        for left in list(ctx.clients):
+            if isinstance(left, ClientConnection | RedirectConnection):
+                left.abort()
         await self.tcp.close()
         for checker in self.checkers.values():
             await checker.stop()

@@ -8,8 +8,10 @@ after a cleanly framed response with nothing after it; any error, timeout,
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import socket
+import ssl
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
     from fulcrum.proxy.context import ProxyContext
     from fulcrum.proxy.exchange import Exchange
     from fulcrum.state.server import Server
+
+log = logging.getLogger("fulcrum.proxy")
 
 # How a response body is framed.
 NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
@@ -396,6 +400,9 @@ class Pool:
         "queue_timeout",
         "read_timeout",
         "server",
+        "server_hostname",
+        "ssl",
+        "tls_error",
         "waiters",
     )
 
@@ -413,9 +420,15 @@ class Pool:
         self.queue_size = 0
         self.queue_timeout = 10.0
         self.waiters: deque[Exchange] = deque()  # requests waiting for a place under max_connections
+        self.ssl: ssl.SSLContext | None = None  # an https server: the group's client context
+        self.server_hostname = ""  # the name its certificate is verified for, and sent as SNI
+        self.tls_error = ""  # the last TLS failure logged, so that one that persists is logged once
 
-    def configure(self, spec: object, max_header_bytes: int) -> None:
-        """Apply a group's pool and timeout settings (on every new snapshot)."""
+    def configure(self, spec: object, max_header_bytes: int, tls: object = None) -> None:
+        """Apply a group's pool, timeout and TLS settings (``tls``: its ClientTLS; on every new snapshot)."""
+        if self.server.tls and tls is not None:
+            self.ssl = tls.context  # type: ignore[attr-defined]
+            self.server_hostname = tls.hostname(self.server.host)  # type: ignore[attr-defined]
         pool = spec.pool  # type: ignore[attr-defined]
         timeouts = spec.timeouts  # type: ignore[attr-defined]
         self.max_idle = pool.max_idle
@@ -459,10 +472,26 @@ class Pool:
         """A new connection, bounded by the connect timeout (raises OSError or TimeoutError)."""
         server = self.server
         loop = self.ctx.loop
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(lambda: UpstreamConnection(self), server.host, server.port),
-            self.connect_timeout,
-        )
+        context = self.ssl
+        if context is None:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamConnection(self), server.host, server.port),
+                self.connect_timeout,
+            )
+        else:
+            try:  # the handshake is part of connecting: the connect timeout bounds both
+                _, conn = await asyncio.wait_for(
+                    loop.create_connection(lambda: UpstreamConnection(self), server.host, server.port,
+                                           ssl=context, server_hostname=self.server_hostname),
+                    self.connect_timeout,
+                )
+            except ssl.SSLError as err:
+                reason = str(err)
+                if reason != self.tls_error:
+                    self.tls_error = reason
+                    log.warning("TLS to upstream server %s failed: %s", server.id, reason)
+                raise
+            self.tls_error = ""
         self.opened += 1
         server.recent.connected(self.ctx.now)
         return conn

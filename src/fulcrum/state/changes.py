@@ -30,7 +30,7 @@ def server_id(url: str) -> str:
     """The id of the server at ``url``, as ``Server.id`` makes it: ``host:port`` (``[v6]:port``)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
-    port = parts.port or 80
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

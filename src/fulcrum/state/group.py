@@ -35,6 +35,7 @@ class Group:
         "slow_start",
         "spec",
         "sticky",
+        "tls",
         "total_timeout",
         "track_latency",
     )
@@ -60,6 +61,7 @@ class Group:
         self.clock = clock
         self.eligible: tuple[Server, ...] = ()
         self.guards: Any = None  # the data plane's passive checks and breakers for this group, if any
+        self.tls: Any = None  # the data plane's client TLS for this group's https servers, if it has any
         self.balancer: Balancer[Server] = make_balancer(self.policy, ())
         for server in self.servers:
             server.subscribe(self._on_server_change)

@@ -131,7 +131,7 @@ def _percentile(hist: list[int], count: int, q: float) -> float:
 class Server:
     """One upstream server as the data plane sees it.
 
-    ``id`` is ``host:port``, unique within its group. Health checks and the
+    ``id`` is ``host:port``, unique within its group; ``tls`` marks an https server. Health checks and the
     admin API write the flags; balancing policies only read. ``active`` counts
     requests in flight through this process; ``requests`` counts the attempts sent to it and
     ``errors`` those that failed (connect error, reset, timeout, a broken response) or were answered
@@ -151,6 +151,7 @@ class Server:
         "port",
         "recent",
         "requests",
+        "tls",
         "up_since",
         "url",
         "weight",
@@ -158,11 +159,12 @@ class Server:
 
     def __init__(self, url: str, weight: int = 1) -> None:
         parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"server url must be http://host:port, got {url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"server url must be http://host:port or https://host:port, got {url!r}")
         self.url = url
+        self.tls = parts.scheme == "https"
         self.host: str = parts.hostname
-        self.port: int = parts.port or 80
+        self.port: int = parts.port or (443 if self.tls else 80)
         self.id = f"{self.host}:{self.port}" if ":" not in self.host else f"[{self.host}]:{self.port}"
         self.weight = weight
         self.down = Down.NONE
