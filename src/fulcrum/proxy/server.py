@@ -14,8 +14,8 @@ from fulcrum.health.active import HealthChecker
 from fulcrum.proxy.context import ProxyContext
 from fulcrum.proxy.downstream import IDLE, ClientConnection
 from fulcrum.proxy.guards import Guards
-from fulcrum.proxy.tcp import Pending, TcpServices
 from fulcrum.proxy.redirect import RedirectConnection
+from fulcrum.proxy.tcp import Pending, TcpServices
 from fulcrum.proxy.tls import ListenerTLS, client_tls
 from fulcrum.state.server import Down
 from fulcrum.state.snapshot import ServerRegistry, Snapshot, build_snapshot
