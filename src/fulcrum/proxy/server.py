@@ -12,6 +12,7 @@ from fulcrum.health.active import HealthChecker
 from fulcrum.proxy.context import ProxyContext
 from fulcrum.proxy.downstream import IDLE, ClientConnection
 from fulcrum.proxy.guards import Guards
+from fulcrum.proxy.http2 import H2Connection
 from fulcrum.state.server import Down
 from fulcrum.state.snapshot import ServerRegistry, Snapshot, build_snapshot
 
@@ -214,11 +215,13 @@ class ProxyServer:
         for client in list(ctx.clients):
             if isinstance(client, ClientConnection) and client.state == IDLE:
                 client.close()
+            elif isinstance(client, H2Connection):
+                client.drain()  # GOAWAY: open streams finish, the connection closes after the last
         deadline = self.loop.time() + grace
         while ctx.clients and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
         for client in list(ctx.clients):
-            if isinstance(client, ClientConnection):
+            if isinstance(client, (ClientConnection, H2Connection)):
                 client.abort()
         for checker in self.checkers.values():
             await checker.stop()
