@@ -95,9 +95,10 @@ class H2Client:
         fields += [(k.encode(), v.encode()) for k, v in headers]
         self.results[sid] = StreamResult()
         self.conn.send_headers(sid, fields, end_stream=end and not body)
-        self.flush()
-        if body:
+        if body:  # the head goes out with the first DATA frame, in one write
             self.send_body(sid, body, end=end)
+        else:
+            self.flush()
         return sid
 
     def send_body(self, sid: int, body: bytes, end: bool = True, timeout: float = 10) -> None:
