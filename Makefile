@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py --gateway --conns 50 $(BENCH_ARGS)
 	$(PY) benchmarks/bench_pick.py
 	$(PY) benchmarks/bench_routes.py
+	$(PY) benchmarks/bench_h2.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
