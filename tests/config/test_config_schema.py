@@ -52,6 +52,7 @@ def test_every_default() -> None:
     assert (limits.header_timeout, limits.keepalive_timeout) == (10.0, 75.0)
     assert config.forwarding.trusted_proxies == ()
     assert config.forwarding.style == "x-forwarded"
+    assert (config.http2.h2c, config.http2.max_concurrent_streams) == (False, 100)
     [route] = config.routes
     assert (route.match.host, route.match.path_prefix, route.upstream) == (None, "/", "app")
     app = config.upstreams["app"]
@@ -365,6 +366,9 @@ def test_seed_style_errors_name_the_seed_keys() -> None:
         (with_upstream(pool={"max_idle": -1}), "upstreams.app.pool.max_idle", "must be at least 0, got -1"),
         (with_upstream(pool={"max_conns": 1}), "upstreams.app.pool.max_conns", "unknown key"),
         (with_upstream(retries={"when": ["sometimes"]}), "upstreams.app.retries.when", "must be connect_error"),
+        ({**ONE, "http2": {"max_concurrent_streams": 0}}, "http2.max_concurrent_streams", "between 1 and 1000"),
+        ({**ONE, "http2": {"h2c": "sometimes"}}, "http2.h2c", "must be true or false"),
+        ({**ONE, "http2": {"upgrade": True}}, "http2.upgrade", "unknown key"),
         ({**ONE, "routes": [{"upstream": "ap"}]}, "routes[0].upstream", "unknown upstream 'ap' (defined: app)"),
         ({**ONE, "routes": [{"match": {}}]}, "routes[0]", "a route needs exactly one of upstream, respond or redirect"),
         ({**ONE, "routes": []}, "routes", "list at least one route"),
@@ -473,3 +477,6 @@ def test_describe() -> None:
     assert "  api: consistent_hash on cookie:uid, 1 server" in lines
     assert "    no health check (servers count as healthy)" in lines
     assert len(lines) < 20
+    assert not any(line.startswith("http2:") for line in lines)
+    h2c = describe(parse_config({**data, "http2": {"h2c": True}}, env={})).splitlines()
+    assert "http2: h2c (prior knowledge) on the plain listeners, up to 100 streams per connection" in h2c

@@ -68,8 +68,11 @@ def describe(config: Config) -> str:
         f"limits: request line {format_size(limits.max_request_line)}, headers {format_size(limits.max_header_bytes)},"
         f" body {body}, header timeout {format_duration(limits.header_timeout)},"
         f" keep-alive {format_duration(limits.keepalive_timeout)}",
-        "routes:",
     ]
+    if config.http2.h2c:
+        lines.append(f"http2: h2c (prior knowledge) on the plain listeners, up to "
+                     f"{config.http2.max_concurrent_streams} streams per connection")
+    lines.append("routes:")
     width = max(len(_route(r)) for r in config.routes) if config.routes else 0
     lines += [f"  {_route(r):<{width}}  {_target(r)}" for r in config.routes]
     lines.append("upstreams:")

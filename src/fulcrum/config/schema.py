@@ -245,6 +245,17 @@ class Limits(BaseModel):
     keepalive_timeout: Duration = 75.0
 
 
+class Http2(BaseModel):
+    """HTTP/2 from clients. Over TLS it is chosen by ALPN; ``h2c`` also takes cleartext HTTP/2 with prior
+    knowledge (a connection that opens with the HTTP/2 preface) on the plain listeners. ``Upgrade: h2c`` is
+    never honoured."""
+
+    model_config = _MODEL
+
+    h2c: bool = False
+    max_concurrent_streams: Annotated[int, _count(1, 1000)] = 100
+
+
 class Forwarding(BaseModel):
     """Which peers may pass on X-Forwarded-For / Forwarded, and which of those headers Fulcrum writes."""
 
@@ -683,6 +694,7 @@ class Config(BaseModel):
     expose_upstream: bool = False
     access_log: bool = False
     forwarding: Forwarding = Forwarding()
+    http2: Http2 = Http2()
     admin: Admin = Admin()
     upstreams: dict[str, Upstream]
     routes: tuple[Route, ...] = ()  # when omitted, filled in by _cross_check

@@ -206,6 +206,8 @@ class ClientConnection(asyncio.Protocol):
                 self.reject(500, "internal error", self.building)
             return
         except httptools.HttpParserError as err:
+            if self.parser.get_method() == b"PRI" and self._to_http2(data):
+                return
             self.reject(400, f"malformed request ({err})", self.building)
             return
         if self.state == READING_HEAD:
@@ -217,6 +219,35 @@ class ClientConnection(asyncio.Protocol):
                     self.reject(414, "request line too long", building)
                 else:
                     self.reject(431, "request header block too large", building)
+
+    def _to_http2(self, data: bytes) -> bool:
+        """The connection opened with the HTTP/2 preface (llhttp stops there): hand it to the HTTP/2 protocol when
+        ``http2.h2c`` is on. False: it is answered as a malformed HTTP/1.1 request."""
+        building = self.building
+        transport = self.transport
+        ctx = self.ctx
+        if (
+            transport is None
+            or building is None
+            or building.target != b"*"
+            or building.headers
+            or self.current is not None
+            or self.pending is not None
+            or not ctx.snapshot.config.http2.h2c
+        ):
+            return False
+        from fulcrum.proxy.http2 import PREFACE, H2Connection  # here: HTTP/1.1-only processes never load h2
+
+        ctx.timed.discard(self)
+        ctx.clients.discard(self)  # counted in connections_active still: the HTTP/2 protocol takes that over
+        self.state = CLOSED
+        self.transport = None
+        self.building = None
+        protocol = H2Connection(ctx)
+        transport.set_protocol(protocol)
+        # llhttp consumed the preface's first line in an earlier read when it came split
+        protocol.take_over(transport, PREFACE[: self.partial] + data)
+        return True
 
     # -- Upgrade ------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from fulcrum.health.active import HealthChecker
 from fulcrum.proxy.context import ProxyContext
 from fulcrum.proxy.downstream import IDLE, ClientConnection
 from fulcrum.proxy.guards import Guards
+from fulcrum.proxy.http2 import H2Connection
 from fulcrum.proxy.redirect import RedirectConnection
 from fulcrum.proxy.tcp import Pending, TcpServices
 from fulcrum.proxy.tls import ListenerTLS, client_tls
@@ -316,11 +317,13 @@ class ProxyServer:
         idle += [c for c in ctx.clients if isinstance(c, RedirectConnection)]  # one answer and closed anyway
         for client in idle:
             client.close()
+        for h2 in [c for c in ctx.clients if isinstance(c, H2Connection)]:
+            h2.drain()  # GOAWAY: open streams finish, the connection closes after the last
         deadline = self.loop.time() + grace
         while (ctx.clients or self.tcp.connections) and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
         for left in list(ctx.clients):
-            if isinstance(left, ClientConnection | RedirectConnection):
+            if isinstance(left, ClientConnection | RedirectConnection | H2Connection):
                 left.abort()
         await self.tcp.close()
         for checker in self.checkers.values():
