@@ -91,6 +91,11 @@ class H2Stream(ClientConnection):
         self.write_paused = False
         self.state = BUSY
         self.deadline = 0.0
+        self.proto = b"http"  # what X-Forwarded-Proto and Forwarded say
+        self.alpn = "h2"
+        self.raw_left = 0
+        self.upgrade_for = None
+        self.upgrade_rest = b""
 
     def write(self, data: bytes) -> None:
         self.owner.stream_write(self, data)
@@ -101,7 +106,7 @@ class H2Stream(ClientConnection):
     def exchange_done(self, ex: Exchange, keep_alive: bool) -> None:
         self.owner.stream_done(self, ex, keep_alive)
 
-    def reject(self, status: int, detail: str, ex: Exchange | None) -> None:
+    def reject(self, status: int, detail: str, ex: Exchange | None, extra: bytes = b"") -> None:
         self.owner.stream_reject(self, status, detail, ex)
 
     def block_read(self, reason: int) -> None:
