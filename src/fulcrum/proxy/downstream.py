@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import socket
 from collections import deque
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ import httptools
 
 from fulcrum.http.headers import HOP_BY_HOP, connection_tokens, is_trusted, valid_request_id
 from fulcrum.http.status import error_response
+from fulcrum.http.upgrade import UpgradeRefused, tunnel_protocols
 from fulcrum.proxy.exchange import BODY, DONE, HEAD, Exchange
 from fulcrum.proxy.tls import negotiated_protocol
 
@@ -58,11 +58,6 @@ _SPECIAL = {
 }
 for _name in HOP_BY_HOP:
     _SPECIAL.setdefault(_name, _DROP)
-
-
-#: A WebSocket key is 16 random bytes in base64 (RFC 6455 4.1).
-_WS_KEY_FORM = re.compile(rb"[A-Za-z0-9+/]{22}==")
-_WS_VERSION_HEADER = b"Sec-WebSocket-Version: 13\r\n"
 
 
 class Reject(Exception):
@@ -303,7 +298,7 @@ class ClientConnection(asyncio.Protocol):
             self.data_received(rest)
 
     def _check_upgrade(self, ex: Exchange) -> None:
-        """An ``Upgrade`` header: decide whether this request may become a tunnel, and check its handshake."""
+        """An ``Upgrade`` header: may this request become a tunnel (``ex.upgrade``), and is its handshake good?"""
         value = ex.upgrade
         assert value is not None
         ex.upgrade = None
@@ -315,20 +310,10 @@ class ClientConnection(asyncio.Protocol):
             ex.upgrade_body = ex.cl  # the parser leaves the body of an Upgrade request to us
         if not ex.version11:
             return  # Upgrade is HTTP/1.1: an HTTP/1.0 request is served as it is
-        # h2c is never passed on: a client asking for it gets its answer in HTTP/1.1 (DESIGN 5)
-        offered = [t.strip() for t in value.split(b",")]
-        kept = [t for t in offered if t and t.split(b"/", 1)[0].lower() != b"h2c"]
-        if not kept:
-            return
-        if any(t.split(b"/", 1)[0].lower() == b"websocket" for t in kept):
-            if ex.method != b"GET":
-                raise Reject(400, "a WebSocket handshake must be a GET request")
-            key = ex.ws_key
-            if key is None or not _WS_KEY_FORM.fullmatch(key.strip()):
-                raise Reject(400, "a WebSocket handshake needs one Sec-WebSocket-Key of 16 bytes in base64")
-            if ex.ws_version is None or ex.ws_version.strip() != b"13":
-                raise Reject(426, "this WebSocket version is not supported (only 13)", _WS_VERSION_HEADER)
-        ex.upgrade = b", ".join(kept)
+        try:
+            ex.upgrade = tunnel_protocols(value, ex.method, ex.ws_key, ex.ws_version)
+        except UpgradeRefused as refused:
+            raise Reject(refused.status, refused.detail, refused.extra) from None
 
     def start_tunnel(self, ex: Exchange) -> bytes:
         """The upstream switched protocols for ``ex``: HTTP is over here; returns the bytes that came after it."""

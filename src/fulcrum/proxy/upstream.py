@@ -19,6 +19,7 @@ import httptools
 
 from fulcrum.http.headers import connection_tokens
 from fulcrum.http.status import NO_BODY_STATUSES
+from fulcrum.http.upgrade import offered, switch_protocol
 
 if TYPE_CHECKING:
     from fulcrum.proxy.context import ProxyContext
@@ -241,7 +242,7 @@ class UpstreamConnection(asyncio.Protocol):
         if status == 101:
             asked = exchange.upgrade
             protocol = switch_protocol(head) if asked is not None else None
-            if protocol is None or asked is None or not _offered(protocol, asked):  # a 101 nobody asked for
+            if protocol is None or asked is None or not offered(protocol, asked):  # a 101 nobody asked for
                 raise _Unexpected101
             head = response_head_policy(head)[0]
             exchange.response_switch(head, protocol)
@@ -295,29 +296,6 @@ _CONTENT_LENGTH = b"\r\ncontent-length:"
 _KEEP_ALIVE_LINE = b"\r\nconnection: keep-alive"
 _CLOSE_LINE = b"\r\nconnection: close"
 _PLAIN_TOKENS = frozenset((b"keep-alive", b"close"))
-
-
-_UPGRADE_LINE = re.compile(rb"\r\nupgrade:[ \t]*([^\r]*?)[ \t]*(?=\r|$)")
-_CONNECTION_LINE = re.compile(rb"\r\nconnection:([^\r]*)")
-
-
-def switch_protocol(head: bytes) -> bytes | None:
-    """The protocol a ``101`` head switches to (its Upgrade value), or None when it names none or its
-    Connection does not list ``upgrade``."""
-    low = head.lower()
-    found = _UPGRADE_LINE.search(low)
-    if found is None or not found.group(1):
-        return None
-    if not any(b"upgrade" in connection_tokens(m.group(1)) for m in _CONNECTION_LINE.finditer(low)):
-        return None
-    start, end = found.span(1)
-    return head[start:end]
-
-
-def _offered(protocol: bytes, asked: bytes) -> bool:
-    """Whether a 101's protocol is one the client asked for (by name; a version may differ in form)."""
-    name = protocol.split(b"/", 1)[0].strip().lower()
-    return any(t.split(b"/", 1)[0].strip().lower() == name for t in asked.split(b","))
 
 
 def response_head_policy(head: bytes) -> tuple[bytes, int, bool]:
