@@ -26,6 +26,7 @@ COMPILED = [
     "src/fulcrum/state/group.py",
     "src/fulcrum/state/snapshot.py",
     "src/fulcrum/http/headers.py",
+    "src/fulcrum/http/framing.py",
     "src/fulcrum/balancing/round_robin.py",
     "src/fulcrum/routing/table.py",
     "src/fulcrum/routing/route.py",

@@ -18,10 +18,11 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
+from fulcrum.http.framing import ChunkedEnd
 from fulcrum.http.headers import HOP_BY_HOP, connection_tokens, is_trusted, valid_request_id
 from fulcrum.http.status import error_response
 from fulcrum.http.upgrade import UpgradeRefused, tunnel_protocols
@@ -37,9 +38,23 @@ log = logging.getLogger("fulcrum.proxy")
 IDLE, READING_HEAD, BUSY, CLOSED, TUNNEL = 0, 1, 2, 3, 4
 HTTP, HTTPS = b"http", b"https"
 
-# Request headers handled by name; everything else is forwarded as it came.
-(_HOST, _CL, _TE, _CONN, _XFF, _XFP, _XFH, _FWD, _RID, _EXPECT, _COOKIE, _UPGRADE, _WS_KEY, _WS_VERSION,
- _DROP) = range(15)
+# Request headers handled by name; everything else is forwarded as it came. The first five are forwarded too
+# (up to _WS_VERSION), the others are cut out of the head: Fulcrum writes its own or none.
+_HOST: Final = 0
+_EXPECT: Final = 1
+_COOKIE: Final = 2
+_WS_KEY: Final = 3
+_WS_VERSION: Final = 4
+_CL: Final = 5
+_TE: Final = 6
+_CONN: Final = 7
+_XFF: Final = 8
+_XFP: Final = 9
+_XFH: Final = 10
+_FWD: Final = 11
+_RID: Final = 12
+_UPGRADE: Final = 13
+_DROP: Final = 14
 _SPECIAL = {
     b"host": _HOST,
     b"content-length": _CL,
@@ -58,6 +73,12 @@ _SPECIAL = {
 }
 for _name in HOP_BY_HOP:
     _SPECIAL.setdefault(_name, _DROP)
+
+#: For each first letter of a header name (``& 31``: either case), the lengths of the handled names with that first
+#: letter: a line is looked at by name only when its byte at one of these lengths is the colon.
+_NAME_LENGTHS: list[tuple[int, ...]] = [
+    tuple(sorted({len(name) for name in _SPECIAL if name[0] & 31 == letter})) for letter in range(32)
+]
 
 
 class Reject(Exception):
@@ -81,11 +102,16 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "alpn",
         "building",
+        "chunks",
         "client_ip",
         "client_ip_b",
         "ctx",
         "current",
+        "cursor",
         "deadline",
+        "feed",
+        "hparts",
+        "hstart",
         "parser",
         "partial",
         "pending",
@@ -122,6 +148,12 @@ class ClientConnection(asyncio.Protocol):
         self.raw_left = 0  # body bytes of an Upgrade request still to read (the parser stops at its head)
         self.upgrade_for: Exchange | None = None  # the Upgrade request ``upgrade_rest`` waits behind
         self.upgrade_rest = b""
+        # Where request heads lie in the bytes read, to forward them as they came (the parser tells no offsets):
+        self.feed = b""  # the read being parsed
+        self.cursor = 0  # the offset in ``feed`` the parser has reached, as far as heads and bodies tell
+        self.hstart = 0  # the offset in ``feed`` where the head being read began (-1: in an earlier read)
+        self.hparts: list[bytes] | None = None  # the head's bytes from earlier reads
+        self.chunks: ChunkedEnd | None = None  # the walk through a chunked request body
 
     def _new_parser(self) -> httptools.HttpRequestParser:
         parser = httptools.HttpRequestParser(self)
@@ -187,12 +219,16 @@ class ClientConnection(asyncio.Protocol):
         if self.state == IDLE:
             self.state = READING_HEAD
             self.deadline = self.ctx.now + self.ctx.snapshot.header_timeout
+        self.feed = data
+        self.cursor = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
+            self.feed = b""
             self._after_upgrade(data, int(upgrade.args[0]))
             return
         except httptools.HttpParserCallbackError as err:
+            self.feed = b""
             cause = err.__context__
             if isinstance(cause, Reject):
                 self.reject(cause.status, cause.detail, self.building, cause.extra)
@@ -201,16 +237,28 @@ class ClientConnection(asyncio.Protocol):
                 self.reject(500, "internal error", self.building)
             return
         except httptools.HttpParserError as err:
+            self.feed = b""
             if self.parser.get_method() == b"PRI" and self._to_http2(data):
                 return
             self.reject(400, f"malformed request ({err})", self.building)
             return
+        self.feed = b""
+        building = self.building
+        if building is not None and building.phase == HEAD:  # the head goes on in the next read
+            start = self.hstart
+            if start >= 0:
+                self.hparts = [data[start:] if start else data]
+                self.hstart = -1
+            elif self.hparts is not None:
+                self.hparts.append(data)
+        elif self.chunks is not None and building is not None:  # a chunked body goes on in the next read
+            self.chunks.feed(data, self.cursor)
         if self.state == READING_HEAD:
             self.partial += len(data)
             snap = self.ctx.snapshot
             if self.partial > snap.max_request_line + snap.max_header_bytes:
-                building = self.building
-                if building is None or (not building.headers and building.n_host == 0):
+                head = b"".join(self.hparts or ()).lstrip(b"\r\n")
+                if building is None or b"\r\n" not in head:
                     self.reject(414, "request line too long", building)
                 else:
                     self.reject(431, "request header block too large", building)
@@ -333,6 +381,8 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.building = Exchange(self, self.ctx.snapshot)
         self.partial = 0
+        self.hstart = self.cursor
+        self.hparts = None
         if self.current is None:
             self.state = READING_HEAD
 
@@ -343,60 +393,121 @@ class ClientConnection(asyncio.Protocol):
         if len(ex.target) > ex.snap.max_request_line:
             raise Reject(414, "request line too long")
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        ex = self.building
-        assert ex is not None
-        ex.header_bytes += len(name) + len(value) + 4
-        if ex.header_bytes > ex.snap.max_header_bytes:
+    def _take_head(self) -> bytes:
+        """The head the parser just finished (request line and header lines, each with its CRLF), as it came.
+
+        llhttp has checked it; here it is only found: from where the message began (in this read, or in
+        earlier ones kept in ``hparts``) to the first blank line. ``cursor`` moves past it.
+        """
+        parts = self.hparts
+        feed = self.feed
+        if parts is not None:
+            self.hparts = None
+            before = sum(len(p) for p in parts)
+            parts.append(feed)
+            source = b"".join(parts)
+            start = 0
+        else:
+            before = 0
+            source = feed
+            start = self.hstart
+            if start < 0:
+                raise Reject(400, "the request head could not be located")
+        n = len(source)
+        while start < n and (source[start] == 13 or source[start] == 10):
+            start += 1  # blank lines before a request line are ignored (RFC 9112 2.2)
+        end = source.find(b"\r\n\r\n", start)
+        if end < 0:
+            raise Reject(400, "the request head could not be located")
+        self.cursor = end + 4 - before
+        return source[start : end + 2]
+
+    def _scan_head(self, ex: Exchange, head: bytes) -> None:
+        """Take what Fulcrum handles from the header lines of ``head``; keep the rest as ``ex.raw``, unparsed.
+
+        One pass: a line is forwarded as it came unless its name is one Fulcrum handles (framing,
+        hop-by-hop, forwarding headers, the request id, ...), told apart by first letter and length before
+        any slice is made. The lines Fulcrum sets itself are cut out; ``Exchange.header_lines`` builds the
+        per-line form only for routes and middleware that read or change headers.
+        """
+        lines = head.split(b"\r\n")
+        lines.pop()  # the head ends with a CRLF
+        n = len(head)
+        first = run = pos = len(lines[0]) + 2  # past the request line
+        if n - pos > ex.snap.max_header_bytes:
             raise Reject(431, "request header block too large")
-        kind = _SPECIAL.get(name.lower())
-        if kind is None:
-            ex.headers.append(name + b": " + value + b"\r\n")
-        elif kind == _HOST:
-            ex.n_host += 1
-            ex.host = value
-            ex.headers.append(name + b": " + value + b"\r\n")
-        elif kind == _CL:
-            try:
-                ex.cl = int(value)
-            except ValueError:
-                raise Reject(400, "malformed Content-Length") from None
-        elif kind == _TE:
-            ex.te = value if ex.te is None else ex.te + b", " + value
-            ex.chunked_in = True
-        elif kind == _CONN:
-            tokens = connection_tokens(value)
-            ex.conn_tokens = tokens if ex.conn_tokens is None else ex.conn_tokens | tokens
-        elif kind == _XFF:
-            ex.xff = value if ex.xff is None else ex.xff + b", " + value
-        elif kind == _XFP:
-            ex.xfp = value
-        elif kind == _XFH:
-            ex.xfh = value
-        elif kind == _FWD:
-            ex.fwd = value if ex.fwd is None else ex.fwd + b", " + value
-        elif kind == _RID:
-            if valid_request_id(value):
-                ex.rid = value
-        elif kind == _EXPECT:
-            ex.expect = value.strip().lower() == b"100-continue"
-            ex.headers.append(name + b": " + value + b"\r\n")
-        elif kind == _COOKIE:
-            ex.cookie = value if ex.cookie is None else ex.cookie + b"; " + value
-            ex.headers.append(name + b": " + value + b"\r\n")
-        elif kind == _UPGRADE:
-            ex.upgrade = value if ex.upgrade is None else ex.upgrade + b", " + value
-        elif kind == _WS_KEY:
-            ex.ws_key = value if ex.ws_key is None else b""  # two keys: no key is valid
-            ex.headers.append(name + b": " + value + b"\r\n")
-        elif kind == _WS_VERSION:
-            ex.ws_version = value
-            ex.headers.append(name + b": " + value + b"\r\n")
-        # _DROP: hop-by-hop, not forwarded
+        pieces: list[bytes] | None = None
+        lengths = _NAME_LENGTHS
+        for i in range(1, len(lines)):
+            line = lines[i]
+            size = len(line)
+            at = pos
+            pos += size + 2
+            if not size:
+                continue
+            kind = -1
+            value = b""
+            for length in lengths[line[0] & 31]:
+                if size > length and line[length] == 58:  # the colon: the name may be one handled here
+                    kind = _SPECIAL.get(line[:length].lower(), -1)
+                    value = line[length + 1 :].strip()
+                    break
+            if kind < 0:
+                continue
+            if kind <= _WS_VERSION:
+                if kind == _HOST:
+                    ex.n_host += 1
+                    ex.host = value
+                elif kind == _COOKIE:
+                    ex.cookie = value if ex.cookie is None else ex.cookie + b"; " + value
+                elif kind == _EXPECT:
+                    ex.expect = value.lower() == b"100-continue"
+                elif kind == _WS_KEY:
+                    ex.ws_key = value if ex.ws_key is None else b""  # two keys: no key is valid
+                else:
+                    ex.ws_version = value
+                continue
+            if pieces is None:
+                pieces = []
+            if at > run:
+                pieces.append(head[run:at])
+            run = pos
+            if kind == _CL:
+                try:
+                    ex.cl = int(value)
+                except ValueError:
+                    raise Reject(400, "malformed Content-Length") from None
+            elif kind == _TE:
+                ex.te = value if ex.te is None else ex.te + b", " + value
+                ex.chunked_in = True
+            elif kind == _CONN:
+                tokens = connection_tokens(value)
+                ex.conn_tokens = tokens if ex.conn_tokens is None else ex.conn_tokens | tokens
+            elif kind == _XFF:
+                ex.xff = value if ex.xff is None else ex.xff + b", " + value
+            elif kind == _XFP:
+                ex.xfp = value
+            elif kind == _XFH:
+                ex.xfh = value
+            elif kind == _FWD:
+                ex.fwd = value if ex.fwd is None else ex.fwd + b", " + value
+            elif kind == _RID:
+                if valid_request_id(value):
+                    ex.rid = value
+            elif kind == _UPGRADE:
+                ex.upgrade = value if ex.upgrade is None else ex.upgrade + b", " + value
+            # _DROP: hop-by-hop, not forwarded
+        if pieces is None:
+            ex.raw = head[first:] if first < n else b""
+        else:
+            if run < n:
+                pieces.append(head[run:])
+            ex.raw = b"".join(pieces)
 
     def on_headers_complete(self) -> None:
         ex = self.building
         assert ex is not None
+        self._scan_head(ex, self._take_head())
         parser = self.parser
         version = parser.get_http_version()
         if version[:2] != "1.":
@@ -421,13 +532,15 @@ class ClientConnection(asyncio.Protocol):
             ex.conn_tokens.discard(b"keep-alive")
             if ex.conn_tokens:  # headers the client named in Connection are hop-by-hop too
                 drop = ex.conn_tokens
-                ex.headers = [h for h in ex.headers if h.split(b":", 1)[0].lower() not in drop]
+                ex.headers = [h for h in ex.header_lines() if h.split(b":", 1)[0].lower() not in drop]
         if ex.upgrade is not None:
             self._check_upgrade(ex)
         if not ex.rid:
             ids = self.ctx.ids
             ex.rid = ids.prefix + b"%016x" % next(ids.counter)
             ex.rid_own = True
+        if ex.chunked_in:
+            self.chunks = ChunkedEnd()
         # a request without a body is complete with its head: an answer made now keeps the connection
         ex.phase = BODY if ex.cl > 0 or ex.chunked_in else DONE
         if self.current is None:
@@ -447,11 +560,19 @@ class ClientConnection(asyncio.Protocol):
         assert ex is not None
         if self.deadline:
             self.deadline = self.ctx.now + ex.snap.header_timeout
+        if self.chunks is None:
+            self.cursor += len(body)
         ex.request_body(body)
 
     def on_message_complete(self) -> None:
         ex = self.building
         assert ex is not None
+        chunks = self.chunks
+        if chunks is not None:
+            self.chunks = None
+            self.cursor = chunks.feed(self.feed, self.cursor)
+            if self.cursor < 0:
+                raise Reject(400, "the end of the chunked request body could not be located")
         if ex.phase != DONE and not (ex.upgrade_body and ex.body_len < ex.cl):  # else: read by _raw_body
             ex.request_done()
             if ex is self.current:

@@ -100,6 +100,7 @@ class Exchange:
         "phase",
         "pool",
         "queued",
+        "raw",
         "replay",
         "req",
         "resp",
@@ -136,8 +137,10 @@ class Exchange:
         self.client = client
         self.snap = snap
         self.target = b""
+        # The header lines to forward: as one block of the client's bytes (``raw``, when the client side kept
+        # them so), or as a list of lines (``headers``) once something reads them one by one (header_lines).
+        self.raw: bytes | None = None
         self.headers: list[bytes] = []
-        self.header_bytes = 0
         self.host: bytes | None = None
         self.n_host = 0
         self.cl = -1
@@ -216,14 +219,15 @@ class Exchange:
         if route is None:
             host = split_host(self.host) if self.host is not None and routes.uses_host else b""
             path, query = split_target(self.target)
-            route = routes.match(host, path, self.method, self.headers, query)
+            route = routes.match(host, path, self.method,
+                                 self.header_lines() if routes.uses_headers else self.headers, query)
         if route is None:
             self.respond_error(404, "no route matches this request")
             return
         self.route = route
         chain: Chain | None = route.chain
         if chain is not None:
-            req = self.req = Request(self.method.decode("latin-1"), self.target, self.headers, client.client_ip,
+            req = self.req = Request(self.method.decode("latin-1"), self.target, self.header_lines(), client.client_ip,
                                      route.name, self.rid.decode("latin-1"))
             req.content_length = self.cl
             if self.rid_own:
@@ -260,9 +264,9 @@ class Exchange:
         if route.rewrite is not None:
             self.target = rewrite_target(self.target, route.rewrite)
         if route.request_headers is not None:
-            self.headers = edit_lines(self.headers, route.request_headers)
+            self.headers = edit_lines(self.header_lines(), route.request_headers)
         if route.upstream_host is not None:
-            self.headers = [h for h in self.headers if h[:5].lower() != b"host:"]
+            self.headers = [h for h in self.header_lines() if h[:5].lower() != b"host:"]
             self.headers.append(b"Host: " + route.upstream_host + CRLF)
             self.host_replaced = True
         answer = route.answer
@@ -1000,7 +1004,9 @@ class Exchange:
     def _upstream_head(self, server: Server) -> bytes:
         client = self.client
         trusted = client.trusted
-        parts = [self.method, b" ", self.target, b" HTTP/1.1\r\n", *self.headers]
+        raw = self.raw
+        parts = [self.method, b" ", self.target, b" HTTP/1.1\r\n", raw] if raw is not None \
+            else [self.method, b" ", self.target, b" HTTP/1.1\r\n", *self.headers]
         host = self.host
         if host is None:  # an HTTP/1.0 request without Host
             host = server.id.encode()
@@ -1034,9 +1040,20 @@ class Exchange:
         parts.append(CRLF)
         return b"".join(parts)
 
+    def header_lines(self) -> list[bytes]:
+        """The header lines to forward, one ``b"Name: value\\r\\n"`` each (the form routes and middleware read
+        and change); built from the client's block the first time something asks."""
+        raw = self.raw
+        if raw is not None:
+            self.raw = None
+            lines = raw.split(CRLF)
+            lines.pop()  # the block ends with a CRLF
+            self.headers = [line + CRLF for line in lines]
+        return self.headers
+
     def _header_map(self) -> dict[str, str]:
         out: dict[str, str] = {}
-        for line in self.headers:
+        for line in self.header_lines():
             name, _, value = line.partition(b":")
             out[name.decode("latin-1").lower()] = value.strip().decode("latin-1")
         if self.host is not None:

@@ -164,16 +164,19 @@ class RouteTable:
     """Routes tried in config order, compiled into an index once.
 
     ``catch_all`` is the first route when it matches every request: callers then skip all matching work.
-    ``uses_host`` says whether any route has a host condition: callers skip working out the host otherwise.
+    ``uses_host`` says whether any route has a host condition: callers skip working out the host otherwise;
+    ``uses_headers`` whether any has a header condition: callers pass the header lines only then.
     """
 
-    __slots__ = ("_any_host", "_exact_host", "_residual", "_wild_host", "catch_all", "routes", "uses_host")
+    __slots__ = ("_any_host", "_exact_host", "_residual", "_wild_host", "catch_all", "routes", "uses_headers",
+                 "uses_host")
 
     def __init__(self, routes: Sequence[Route]) -> None:
         self.routes: tuple[Route, ...] = tuple(routes)
         first = self.routes[0] if self.routes else None
         self.catch_all: Route | None = first if first is not None and first.catch_all else None
         self.uses_host = any(r.host is not None for r in self.routes)
+        self.uses_headers = any(r.headers for r in self.routes)
         self._exact_host: dict[bytes, _PathIndex] = {}
         self._wild_host: dict[bytes, _PathIndex] = {}  # keyed by the suffix, dot included: b".example.com"
         self._any_host = _PathIndex()
