@@ -190,10 +190,14 @@ class Listen(BaseModel):
 
 class ProxyListen(Listen):
     """A listen entry of the proxy: ``"host:port"``, or ``{address, tls}`` for HTTPS, or
-    ``{address, redirect_to_https}`` for a listener that only redirects to HTTPS."""
+    ``{address, redirect_to_https}`` for a listener that only redirects to HTTPS.
+
+    An HTTPS listener offers HTTP/2 (ALPN ``h2``, before ``http/1.1``) unless ``http2: false``; the key
+    belongs to TLS listeners only (cleartext HTTP/2 is the top-level ``http2.h2c``)."""
 
     tls: ServerTLS | None = None
     redirect_to_https: RedirectToHttps | None = None
+    http2: bool | None = None  # None: on, for a TLS listener
 
     @model_validator(mode="before")
     @classmethod
@@ -218,13 +222,22 @@ class ProxyListen(Listen):
         if self.tls is not None and self.redirect_to_https is not None:
             fail([(("redirect_to_https",), "a redirect listener serves plain HTTP: give it its own address, "
                    "without tls", None)])
+        if self.http2 is not None and self.tls is None:
+            fail([(("http2",), "applies to TLS listeners only (HTTP/2 by ALPN); cleartext HTTP/2 with prior "
+                   "knowledge is the top-level http2.h2c", self.http2)])
         return self
+
+    @property
+    def offers_h2(self) -> bool:
+        """Whether this TLS listener offers ``h2`` in ALPN."""
+        return self.tls is not None and self.http2 is not False
 
     def describe(self) -> str:
         """The address and what it serves, for ``fulcrum check``."""
         if self.tls is not None:
             count = len(self.tls.pairs())
-            return f"{self} (https, {count} certificate{'s' if count != 1 else ''})"
+            h2 = ", h2" if self.offers_h2 else ""
+            return f"{self} (https{h2}, {count} certificate{'s' if count != 1 else ''})"
         if self.redirect_to_https is not None:
             return f"{self} (redirects to https)"
         return str(self)
@@ -246,9 +259,9 @@ class Limits(BaseModel):
 
 
 class Http2(BaseModel):
-    """HTTP/2 from clients. Over TLS it is chosen by ALPN; ``h2c`` also takes cleartext HTTP/2 with prior
-    knowledge (a connection that opens with the HTTP/2 preface) on the plain listeners. ``Upgrade: h2c`` is
-    never honoured."""
+    """HTTP/2 from clients. Over TLS it is chosen by ALPN, on unless a listen entry says ``http2: false``;
+    ``h2c`` also takes cleartext HTTP/2 with prior knowledge (a connection that opens with the HTTP/2
+    preface) on the plain listeners. ``Upgrade: h2c`` is never honoured. The limits here apply to both."""
 
     model_config = _MODEL
 

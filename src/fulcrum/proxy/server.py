@@ -11,13 +11,14 @@ from functools import partial
 from fulcrum.config import Config, ConfigError
 from fulcrum.config.tls import RedirectToHttps
 from fulcrum.health.active import HealthChecker
+from fulcrum.proxy.alpn import AlpnSwitch
 from fulcrum.proxy.context import ProxyContext
 from fulcrum.proxy.downstream import IDLE, ClientConnection
 from fulcrum.proxy.guards import Guards
 from fulcrum.proxy.http2 import H2Connection
 from fulcrum.proxy.redirect import RedirectConnection
 from fulcrum.proxy.tcp import Pending, TcpServices
-from fulcrum.proxy.tls import ListenerTLS, client_tls
+from fulcrum.proxy.tls import ALPN_HTTP11, ALPN_PROTOCOLS, ListenerTLS, client_tls
 from fulcrum.state.server import Down
 from fulcrum.state.snapshot import ServerRegistry, Snapshot, build_snapshot
 
@@ -45,8 +46,8 @@ class Endpoint:
 
 def listener_tls(config: Config, source: str) -> list[ListenerTLS | None]:
     """The TLS contexts of each listen entry (None for plain ones); raises ``ConfigError``."""
-    return [ListenerTLS(lst.tls, f"listen[{i}]", source) if lst.tls is not None else None
-            for i, lst in enumerate(config.listen)]
+    return [ListenerTLS(lst.tls, f"listen[{i}]", source, ALPN_PROTOCOLS if lst.offers_h2 else ALPN_HTTP11)
+            if lst.tls is not None else None for i, lst in enumerate(config.listen)]
 
 
 def _tick_for(config: Config) -> float:
@@ -164,7 +165,7 @@ class ProxyServer:
         tls = endpoint.tls
         factory: Callable[[], asyncio.Protocol]
         if tls is not None:
-            factory = lambda: ClientConnection(self.ctx, True)  # noqa: E731
+            factory = lambda: AlpnSwitch(self.ctx)  # noqa: E731  # HTTP/1.1 or HTTP/2, once the handshake is over
         elif endpoint.redirect is not None:
             redirect = endpoint.redirect
             factory = lambda: RedirectConnection(self.ctx, redirect)  # noqa: E731
