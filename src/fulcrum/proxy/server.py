@@ -81,6 +81,7 @@ class ProxyServer:
         self._tick = _tick_for(config)
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
+        self.started = False  # listening (on none, for a config of TCP services only)
 
     def _build(self, config: Config) -> Snapshot:
         # the health checker sets a new server's first state (DESIGN 4, "Health at start")
@@ -124,9 +125,11 @@ class ProxyServer:
             self.endpoints = []
             raise
         self._serve(self.config, self._tls)
+        self.started = True
         await self.tcp.start()
         self._timer = self.loop.call_later(self._tick, self._on_tick)
-        log.info("listening on %s", ", ".join(lst.describe() for lst in self.config.listen))
+        if self.config.listen:  # none for a config of TCP services only
+            log.info("listening on %s", ", ".join(lst.describe() for lst in self.config.listen))
 
     def _listen(self, address: Address) -> Endpoint:
         """Bind and listen; connections are accepted by ``_accept``, as many as are waiting each time."""
@@ -248,7 +251,7 @@ class ProxyServer:
         try:
             tcp = self.tcp.prepare(config)  # the TCP services' new addresses, bound first
             self._attach_tls(snapshot)
-            if self.endpoints:  # started: listening already
+            if self.started:  # listening already
                 self._rebind(config)
         except (OSError, ConfigError):
             if tcp is not None:
@@ -260,7 +263,7 @@ class ProxyServer:
             prepare(snapshot)
         self.config = config
         self._tls = tls
-        if self.endpoints:
+        if self.started:
             self._serve(config, tls)
         self.ctx.apply_snapshot(snapshot)
         self._tick = _tick_for(config)
