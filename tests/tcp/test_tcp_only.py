@@ -5,8 +5,11 @@ reload can add an HTTP side to it or take it away."""
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -121,3 +124,39 @@ def test_a_reload_adds_an_http_side_to_a_tcp_only_instance_and_takes_it_away(
     with connect(inst.call(lambda: server.tcp.ports["db"])) as sock:  # the service went on through both reloads
         sock.sendall(b"still\n")
         assert read_line(sock) == b"still\n"
+
+
+def test_fulcrum_run_serves_a_tcp_only_config_and_stops_on_sigterm(tmp_path: Path, make_tcp_server: MakeServer) -> None:
+    echo = make_tcp_server("echo")
+    with socket.socket() as probe:  # a port for the service (the process reports none of its own)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = tmp_path / "tcp-only.yaml"
+    service = {"listen": f"127.0.0.1:{port}", "servers": [echo.address]}
+    path.write_text(yaml.safe_dump({"admin": {"listen": None}, "tcp_services": {"db": service}}))
+    proc = subprocess.Popen([sys.executable, "-m", "fulcrum.cli", "run", "-c", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            try:
+                sock = connect(port, timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the TCP service never accepted"
+                time.sleep(0.05)
+        with sock:
+            sock.sendall(b"through fulcrum run\n")
+            assert read_line(sock) == b"through fulcrum run\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+        assert f"tcp services: db on 127.0.0.1:{port}" in out
+        assert "listening on" not in out  # no HTTP listener was opened
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
