@@ -15,6 +15,7 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,10 +23,13 @@ from typing import Any
 
 import httpx
 import pytest
+from h2.errors import ErrorCodes
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame, HeadersFrame
 
 from fulcrum.config import ConfigError, describe, parse_config
 from tests.proxy.harness import RunningProxy, echo, header_values
 from tests.support.certs import Issued, Pki, tls_request
+from tests.support.h2client import H2Client
 from tests.support.upstream import UpstreamServer, pattern_bytes
 
 Make = Callable[[dict[str, Any]], RunningProxy]
@@ -209,6 +213,44 @@ def test_the_h2_connection_is_counted_and_served_by_the_http2_protocol(
         assert seen == [("H2Connection", b"https")]
         assert proxy.call(lambda: proxy.server.ctx.stats.connections_active) == 1  # type: ignore[union-attr]
     assert wait_for(lambda: proxy.call(lambda: proxy.server.ctx.stats.connections_active) == 0)  # type: ignore[union-attr]
+
+
+def test_graceful_stop_sends_goaway_over_tls_and_lets_the_open_stream_finish(
+        make_proxy: Make, upstream: UpstreamServer, pki: Pki) -> None:
+    site = pki.issue("127.0.0.1")
+    proxy = make_proxy(https_config(upstream, site))
+    context = pki.client_context()
+    context.set_alpn_protocols(["h2"])
+    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    client = H2Client(proxy.port, sock=context.wrap_socket(raw, server_hostname="127.0.0.1"))
+    try:
+        assert client.response(client.request("GET", "/")).status == 200
+        sid = client.request("GET", "/slow-head/500")
+        upstream.wait_for_requests(2, timeout=10)  # the slow request is in flight
+        stopper = threading.Thread(target=proxy.stop, kwargs={"grace": 10})
+        stopper.start()
+        # read as frames: h2's client state machine takes nothing more after a GOAWAY
+        data = b""
+        while chunk := client.sock.recv(65536):
+            data += chunk
+        client.close()  # TLS: the server's close waits for this end to go (or for the grace period)
+        stopper.join(15)
+        assert not stopper.is_alive()
+    finally:
+        client.close()
+    frames: list[Frame] = []
+    while len(data) >= 9:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        frame.parse_body(memoryview(data[9:9 + length]))
+        frames.append(frame)
+        data = data[9 + length:]
+    goaways = [f for f in frames if isinstance(f, GoAwayFrame)]
+    # the drain's GOAWAY, and the closing one once the last stream is done: both name the open stream
+    assert goaways and {(f.error_code, f.last_stream_id) for f in goaways} == {(ErrorCodes.NO_ERROR, sid)}
+    heads = [f for f in frames if isinstance(f, HeadersFrame) and f.stream_id == sid]
+    assert len(heads) == 1 and (b":status", b"200") in client.conn.decoder.decode(heads[0].data, raw=True)
+    body = b"".join(f.data for f in frames if isinstance(f, DataFrame) and f.stream_id == sid)
+    assert body == f"ok {upstream.name}\n".encode()
 
 
 # -- the access log's protocol version --------------------------------------------------------------------
