@@ -43,9 +43,9 @@ def test_listen_entries_as_strings_or_with_tls_or_a_redirect(pki: Pki) -> None:
         (443, 308), (8443, 308), (443, 301)]
     assert off.redirect_to_https is None
     text = describe(config).splitlines()[0]
-    assert text == ("listen: 0.0.0.0:8080, 127.0.0.1:8443 (https, 1 certificate), [::1]:8444 (https, 2 certificates),"
-                    " 0.0.0.0:80 (redirects to https), 0.0.0.0:81 (redirects to https), 0.0.0.0:82 (redirects to"
-                    " https), 0.0.0.0:83")
+    assert text == ("listen: 0.0.0.0:8080, 127.0.0.1:8443 (https, h2, 1 certificate),"
+                    " [::1]:8444 (https, h2, 2 certificates), 0.0.0.0:80 (redirects to https),"
+                    " 0.0.0.0:81 (redirects to https), 0.0.0.0:82 (redirects to https), 0.0.0.0:83")
     # What the admin API dumps reads back as the same listeners.
     assert config_from_dump(config.model_dump(mode="json"), "dump").listen == config.listen
 
@@ -132,7 +132,7 @@ def test_fulcrum_check_prints_the_listeners_of_a_good_config(pki: Pki, tmp_path:
                                                         "tls": {"ca": str(pki.ca_file)}}}}))
     out = subprocess.run([str(FULCRUM), "check", "-c", str(config)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "listen: 0.0.0.0:8443 (https, 2 certificates), 0.0.0.0:8080 (redirects to https)" in out.stdout
+    assert "listen: 0.0.0.0:8443 (https, h2, 2 certificates), 0.0.0.0:8080 (redirects to https)" in out.stdout
     assert "https://127.0.0.1:9443  weight 1" in out.stdout
 
 

@@ -66,18 +66,17 @@ def test_https_listener_forwards_with_proto_https_and_plain_one_stays_http(
     assert header_values(plain, "Forwarded")[0].endswith(";proto=http")
 
 
-def test_alpn_offers_http11_only_and_the_connection_knows_what_it_negotiated(
+def test_alpn_offers_h2_then_http11_and_an_http11_connection_knows_what_it_negotiated(
         make_proxy: Make, upstream: UpstreamServer, pki: Pki) -> None:
     site = pki.issue("127.0.0.1")
     proxy = make_proxy({"listen": [https_listen(site)], "upstreams": {"app": {"servers": [upstream.url]}}})
     port = proxy.port
-    reply = tls_request(port, pki.client_context(), "127.0.0.1", REQUEST, alpn=["h2", "http/1.1"])
+    assert tls_request(port, pki.client_context(), "127.0.0.1", alpn=["h2", "http/1.1"]).alpn == "h2"
+    reply = tls_request(port, pki.client_context(), "127.0.0.1", REQUEST, alpn=["http/1.1"])
     assert reply.alpn == "http/1.1" and reply.status == 200
-    # A client that offers only h2 gets no ALPN answer (HTTP/2 is not served yet) and is read as HTTP/1.1.
-    reply = tls_request(port, pki.client_context(), "127.0.0.1", REQUEST, alpn=["h2"])
-    assert reply.alpn is None and reply.status == 200
+    # HTTP/2 over TLS itself: tests/proxy/test_http2_tls.py
     offering = pki.client_context()
-    offering.set_alpn_protocols(["h2", "http/1.1"])
+    offering.set_alpn_protocols(["http/1.1"])
     with socket.create_connection(("127.0.0.1", port)) as raw, \
             offering.wrap_socket(raw, server_hostname="127.0.0.1") as held:
         assert held.selected_alpn_protocol() == "http/1.1"
@@ -115,7 +114,7 @@ def test_curl_with_resolve_gets_the_certificate_of_the_name_it_asks_for(
                               f"https://{name}:{proxy.port}/echo"], capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr  # curl checked the certificate against the name
         body, _, status = out.stdout.rpartition("\n")
-        assert status == "200 1.1"
+        assert status == "200 2"  # curl offers h2 first; the context SNI chose offers it too
         assert '["X-Forwarded-Proto", "https"]' in body
 
 

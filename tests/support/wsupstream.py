@@ -9,7 +9,7 @@
 - ``/ws/drop``: drops the TCP connection at once, with no close frame;
 - ``/ws/reject``: answers the handshake with ``403`` (no upgrade).
 
-It records every handshake's path and headers and every close code it saw.
+It records every handshake's path and headers and every close code it saw; with ``ssl`` it serves wss.
 
 ``RawUpgradeServer`` answers any request head with a fixed response (``101`` by default) and then
 reads nothing more (``reading=False``) or echoes raw bytes, for backpressure and lying-upstream tests.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl as ssl_module
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -92,8 +93,9 @@ class _Threaded:
 class WsUpstream(_Threaded):
     """A WebSocket server on 127.0.0.1 (see the module docstring for its paths)."""
 
-    def __init__(self, name: str = "ws") -> None:
+    def __init__(self, name: str = "ws", ssl: ssl_module.SSLContext | None = None) -> None:
         super().__init__(name)
+        self.ssl = ssl  # served over TLS (wss) when given
         self._server: Server | None = None
         self._lock = threading.Lock()
         self.handshakes: list[tuple[str, Headers]] = []
@@ -103,7 +105,7 @@ class WsUpstream(_Threaded):
     async def _start(self) -> int:
         self._server = await serve(
             self._handle, "127.0.0.1", 0, process_request=self._process, max_size=4 * 1024 * 1024,
-            ping_interval=None, compression=None,
+            ping_interval=None, compression=None, ssl=self.ssl,
         )
         port: int = self._server.sockets[0].getsockname()[1]  # type: ignore[index]
         return port
@@ -143,6 +145,10 @@ class WsUpstream(_Threaded):
             with self._lock:
                 self.open -= 1
                 self.close_codes.append(conn.close_code)
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.ssl is not None else 'http'}://127.0.0.1:{self.port}"
 
     def handshake_count(self) -> int:
         with self._lock:

@@ -64,7 +64,7 @@ def describe(config: Config) -> str:
     limits = config.limits
     body = format_size(limits.max_body_bytes) if limits.max_body_bytes else "unlimited"
     lines = [
-        f"listen: {', '.join(item.describe() for item in config.listen)}",
+        f"listen: {', '.join(item.describe() for item in config.listen) or 'none (TCP services only)'}",
         f"limits: request line {format_size(limits.max_request_line)}, headers {format_size(limits.max_header_bytes)},"
         f" body {body}, header timeout {format_duration(limits.header_timeout)},"
         f" keep-alive {format_duration(limits.keepalive_timeout)}",
@@ -72,10 +72,10 @@ def describe(config: Config) -> str:
     if config.http2.h2c:
         lines.append(f"http2: h2c (prior knowledge) on the plain listeners, up to "
                      f"{config.http2.max_concurrent_streams} streams per connection")
-    lines.append("routes:")
+    lines.append("routes:" if config.routes else "routes: none")
     width = max(len(_route(r)) for r in config.routes) if config.routes else 0
     lines += [f"  {_route(r):<{width}}  {_target(r)}" for r in config.routes]
-    lines.append("upstreams:")
+    lines.append("upstreams:" if config.upstreams else "upstreams: none")
     for name, upstream in config.upstreams.items():
         count = len(upstream.servers)
         lines.append(f"  {name}: {_policy(upstream)}, {count} server{'s' if count != 1 else ''}")

@@ -190,10 +190,14 @@ class Listen(BaseModel):
 
 class ProxyListen(Listen):
     """A listen entry of the proxy: ``"host:port"``, or ``{address, tls}`` for HTTPS, or
-    ``{address, redirect_to_https}`` for a listener that only redirects to HTTPS."""
+    ``{address, redirect_to_https}`` for a listener that only redirects to HTTPS.
+
+    An HTTPS listener offers HTTP/2 (ALPN ``h2``, before ``http/1.1``) unless ``http2: false``; the key
+    belongs to TLS listeners only (cleartext HTTP/2 is the top-level ``http2.h2c``)."""
 
     tls: ServerTLS | None = None
     redirect_to_https: RedirectToHttps | None = None
+    http2: bool | None = None  # None: on, for a TLS listener
 
     @model_validator(mode="before")
     @classmethod
@@ -218,13 +222,22 @@ class ProxyListen(Listen):
         if self.tls is not None and self.redirect_to_https is not None:
             fail([(("redirect_to_https",), "a redirect listener serves plain HTTP: give it its own address, "
                    "without tls", None)])
+        if self.http2 is not None and self.tls is None:
+            fail([(("http2",), "applies to TLS listeners only (HTTP/2 by ALPN); cleartext HTTP/2 with prior "
+                   "knowledge is the top-level http2.h2c", self.http2)])
         return self
+
+    @property
+    def offers_h2(self) -> bool:
+        """Whether this TLS listener offers ``h2`` in ALPN."""
+        return self.tls is not None and self.http2 is not False
 
     def describe(self) -> str:
         """The address and what it serves, for ``fulcrum check``."""
         if self.tls is not None:
             count = len(self.tls.pairs())
-            return f"{self} (https, {count} certificate{'s' if count != 1 else ''})"
+            h2 = ", h2" if self.offers_h2 else ""
+            return f"{self} (https{h2}, {count} certificate{'s' if count != 1 else ''})"
         if self.redirect_to_https is not None:
             return f"{self} (redirects to https)"
         return str(self)
@@ -246,9 +259,9 @@ class Limits(BaseModel):
 
 
 class Http2(BaseModel):
-    """HTTP/2 from clients. Over TLS it is chosen by ALPN; ``h2c`` also takes cleartext HTTP/2 with prior
-    knowledge (a connection that opens with the HTTP/2 preface) on the plain listeners. ``Upgrade: h2c`` is
-    never honoured."""
+    """HTTP/2 from clients. Over TLS it is chosen by ALPN, on unless a listen entry says ``http2: false``;
+    ``h2c`` also takes cleartext HTTP/2 with prior knowledge (a connection that opens with the HTTP/2
+    preface) on the plain listeners. ``Upgrade: h2c`` is never honoured. The limits here apply to both."""
 
     model_config = _MODEL
 
@@ -645,23 +658,56 @@ def _defined(names: Iterable[str]) -> str:
     return ", ".join(names) or "none"
 
 
+def _empty(value: object) -> bool:
+    return isinstance(value, list | tuple | Mapping) and not value
+
+
+def _http_side_problems(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[Problem]]:
+    """What the HTTP side serves: a config needs upstreams or routes, unless it has only ``tcp_services``.
+
+    A config of TCP services alone (no upstreams, no routes) opens no HTTP listener: ``listen`` defaults
+    to none there, and addresses given would have nothing to serve. Otherwise the HTTP side needs at
+    least one listen address and one route, and an upstream when ``routes`` is left out.
+    """
+    upstreams = data.get("upstreams")
+    services = data.get("tcp_services")
+    no_upstreams = upstreams is None or _empty(upstreams)
+    if no_upstreams and _empty(data.get("routes", ())) and isinstance(services, Mapping) and services:
+        if not _empty(data.get("listen", ())):
+            return data, [(("listen",), "a config of tcp_services alone has nothing to serve over HTTP: leave "
+                           "listen out, or give routes or upstreams", None)]
+        return {**data, "listen": [], "routes": []}, []
+    problems: list[Problem] = []
+    if "routes" in data and _empty(data["routes"]):
+        problems.append((("routes",), "list at least one route (or leave routes out to send everything to the only "
+                         "upstream)", None))
+    elif no_upstreams and "routes" not in data:
+        what = "missing (required): define" if upstreams is None else "define"
+        problems.append((("upstreams",), f"{what} at least one upstream (or tcp_services alone, for a config of "
+                         "TCP services only)", None))
+    if "listen" in data and _empty(data["listen"]):
+        problems.append((("listen",), "list at least one address", None))
+    return data, problems
+
+
 def _cross_problems(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], list[Problem]]:
-    """Fill in the default route, check upstream names, that every route names a defined upstream, and the
-    TCP services' names and addresses.
+    """Fill in the default route (or, for a config of TCP services only, no HTTP side), check upstream names,
+    that every route names a defined upstream, and the TCP services' names and addresses.
 
     This looks at the raw input, so these problems are reported alongside any others.
     """
-    upstreams = data.get("upstreams")
+    data, problems = _http_side_problems(data)
+    upstreams = data.get("upstreams", {})
     if not isinstance(upstreams, Mapping):
-        return data, tcp_problems(data)
+        return data, problems + tcp_problems(data)
     names = [str(n) for n in upstreams]
     bad_names: list[Problem] = [
         (("upstreams", name), "upstream names may use only letters, digits, '_', '.' and '-'", name)
         for name in names
         if not _NAME.fullmatch(name)
     ]
-    data, problems = _route_problems(data, names)
-    return data, bad_names + problems + tcp_problems(data)
+    data, route_problems = _route_problems(data, names)
+    return data, problems + bad_names + route_problems + tcp_problems(data)
 
 
 def _route_problems(data: Mapping[str, Any], names: list[str]) -> tuple[Mapping[str, Any], list[Problem]]:
@@ -696,8 +742,8 @@ class Config(BaseModel):
     forwarding: Forwarding = Forwarding()
     http2: Http2 = Http2()
     admin: Admin = Admin()
-    upstreams: dict[str, Upstream]
-    routes: tuple[Route, ...] = ()  # when omitted, filled in by _cross_check
+    upstreams: dict[str, Upstream] = {}  # none only in a config of tcp_services alone, or of routes that answer
+    routes: tuple[Route, ...] = ()  # when omitted, filled in by _cross_check (none for tcp_services alone)
     shutdown_grace: OptionalDuration = 30.0
     tcp_services: dict[str, TcpService] = {}  # fulcrum.config.tcp
 
@@ -709,8 +755,7 @@ class Config(BaseModel):
     @field_validator("listen")
     @classmethod
     def _distinct_listen(cls, listen: tuple[ProxyListen, ...]) -> tuple[ProxyListen, ...]:
-        if not listen:
-            raise ValueError("list at least one address")
+        # none at all is allowed for a config of TCP services only (_http_side_problems)
         seen: dict[tuple[str, int], int] = {}
         problems: list[Problem] = []
         for i, item in enumerate(listen):
@@ -720,20 +765,6 @@ class Config(BaseModel):
         if problems:
             fail(problems)
         return listen
-
-    @field_validator("upstreams")
-    @classmethod
-    def _some_upstream(cls, upstreams: dict[str, Upstream]) -> dict[str, Upstream]:
-        if not upstreams:
-            raise ValueError("define at least one upstream")
-        return upstreams
-
-    @field_validator("routes")
-    @classmethod
-    def _some_route(cls, routes: tuple[Route, ...]) -> tuple[Route, ...]:
-        if not routes:
-            raise ValueError("list at least one route (or leave routes out to send everything to the only upstream)")
-        return routes
 
     @model_validator(mode="wrap")
     @classmethod

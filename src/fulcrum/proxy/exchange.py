@@ -930,7 +930,7 @@ class Exchange:
             time.time(),
             req.method if req is not None else self.method.decode("latin-1"),
             req.target.decode("latin-1") if req is not None else self.target.decode("latin-1"),
-            "1.1" if self.version11 else "1.0",
+            "2.0" if self.client.alpn == "h2" else "1.1" if self.version11 else "1.0",  # nginx logs h2 as 2.0
             self.status,
             self.bytes_out,
             referer,

@@ -74,7 +74,14 @@ class H2Stream(ClientConnection):
     __slots__ = ("owner", "stream_id")
 
     def __init__(
-        self, owner: StreamOwner, ctx: ProxyContext, stream_id: int, client_ip: str, client_ip_b: bytes, trusted: bool
+        self,
+        owner: StreamOwner,
+        ctx: ProxyContext,
+        stream_id: int,
+        client_ip: str,
+        client_ip_b: bytes,
+        trusted: bool,
+        proto: bytes,
     ) -> None:
         # ClientConnection.__init__ is not called: a stream has no transport and no HTTP/1.1 parser of its own
         self.owner = owner
@@ -91,7 +98,7 @@ class H2Stream(ClientConnection):
         self.write_paused = False
         self.state = BUSY
         self.deadline = 0.0
-        self.proto = b"http"  # what X-Forwarded-Proto and Forwarded say
+        self.proto = proto  # what X-Forwarded-Proto and Forwarded say: the connection's (https over TLS)
         self.alpn = "h2"
         self.raw_left = 0
         self.upgrade_for = None

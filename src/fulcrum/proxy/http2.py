@@ -1,8 +1,8 @@
 """HTTP/2 from clients: one connection, many streams, each stream an ``Exchange`` on the HTTP/1.1 upstream pool.
 
 ``H2Connection`` is the asyncio protocol of one client connection that speaks HTTP/2. It is reached two
-ways: a TLS listener uses it once ALPN chose ``h2`` (as the protocol from the start, or through
-``take_over`` for a transport already running), and a plain listener with ``http2.h2c`` on hands over a
+ways: a TLS listener hands it the connection once ALPN chose ``h2`` (``fulcrum.proxy.alpn``, at the end of
+the handshake; its streams then forward ``proto=https``), and a plain listener with ``http2.h2c`` on hands over a
 connection whose first bytes are the HTTP/2 connection preface (prior knowledge; ``ClientConnection``
 notices it on its parser's error path, so HTTP/1.1 requests pay nothing). ``Upgrade: h2c`` is never
 honoured (DESIGN 5).
@@ -173,6 +173,7 @@ class H2Connection(asyncio.Protocol):
         self.client_ip = ""
         self.client_ip_b = b""
         self.trusted = False
+        self.proto = b"http"  # what X-Forwarded-Proto and Forwarded say: https over TLS
         self.deadline = 0.0
         self.write_paused = False
         self.batching = False  # inside data_received: frames go out once, at its end
@@ -199,6 +200,8 @@ class H2Connection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+        if transport.get_extra_info("ssl_object") is not None:
+            self.proto = b"https"
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.client_ip = str(peer[0])
@@ -378,7 +381,7 @@ class H2Connection(asyncio.Protocol):
             return
         ctx = self.ctx
         ended = event.stream_ended is not None
-        stream = H2Stream(self, ctx, sid, self.client_ip, self.client_ip_b, self.trusted)
+        stream = H2Stream(self, ctx, sid, self.client_ip, self.client_ip_b, self.trusted, self.proto)
         ex = Exchange(stream, ctx.snapshot)
         code, detail = request_fields(ex, event.headers or [], ended, -1 if ended else _whole_body(events, i, sid))
         if code == MALFORMED:

@@ -11,13 +11,14 @@ from functools import partial
 from fulcrum.config import Config, ConfigError
 from fulcrum.config.tls import RedirectToHttps
 from fulcrum.health.active import HealthChecker
+from fulcrum.proxy.alpn import AlpnSwitch
 from fulcrum.proxy.context import ProxyContext
 from fulcrum.proxy.downstream import IDLE, ClientConnection
 from fulcrum.proxy.guards import Guards
 from fulcrum.proxy.http2 import H2Connection
 from fulcrum.proxy.redirect import RedirectConnection
 from fulcrum.proxy.tcp import Pending, TcpServices
-from fulcrum.proxy.tls import ListenerTLS, client_tls
+from fulcrum.proxy.tls import ALPN_HTTP11, ALPN_PROTOCOLS, ListenerTLS, client_tls
 from fulcrum.state.server import Down
 from fulcrum.state.snapshot import ServerRegistry, Snapshot, build_snapshot
 
@@ -45,8 +46,8 @@ class Endpoint:
 
 def listener_tls(config: Config, source: str) -> list[ListenerTLS | None]:
     """The TLS contexts of each listen entry (None for plain ones); raises ``ConfigError``."""
-    return [ListenerTLS(lst.tls, f"listen[{i}]", source) if lst.tls is not None else None
-            for i, lst in enumerate(config.listen)]
+    return [ListenerTLS(lst.tls, f"listen[{i}]", source, ALPN_PROTOCOLS if lst.offers_h2 else ALPN_HTTP11)
+            if lst.tls is not None else None for i, lst in enumerate(config.listen)]
 
 
 def _tick_for(config: Config) -> float:
@@ -80,6 +81,7 @@ class ProxyServer:
         self._tick = _tick_for(config)
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
+        self.started = False  # listening (on none, for a config of TCP services only)
 
     def _build(self, config: Config) -> Snapshot:
         # the health checker sets a new server's first state (DESIGN 4, "Health at start")
@@ -123,9 +125,11 @@ class ProxyServer:
             self.endpoints = []
             raise
         self._serve(self.config, self._tls)
+        self.started = True
         await self.tcp.start()
         self._timer = self.loop.call_later(self._tick, self._on_tick)
-        log.info("listening on %s", ", ".join(lst.describe() for lst in self.config.listen))
+        if self.config.listen:  # none for a config of TCP services only
+            log.info("listening on %s", ", ".join(lst.describe() for lst in self.config.listen))
 
     def _listen(self, address: Address) -> Endpoint:
         """Bind and listen; connections are accepted by ``_accept``, as many as are waiting each time."""
@@ -164,7 +168,7 @@ class ProxyServer:
         tls = endpoint.tls
         factory: Callable[[], asyncio.Protocol]
         if tls is not None:
-            factory = lambda: ClientConnection(self.ctx, True)  # noqa: E731
+            factory = lambda: AlpnSwitch(self.ctx)  # noqa: E731  # HTTP/1.1 or HTTP/2, once the handshake is over
         elif endpoint.redirect is not None:
             redirect = endpoint.redirect
             factory = lambda: RedirectConnection(self.ctx, redirect)  # noqa: E731
@@ -247,7 +251,7 @@ class ProxyServer:
         try:
             tcp = self.tcp.prepare(config)  # the TCP services' new addresses, bound first
             self._attach_tls(snapshot)
-            if self.endpoints:  # started: listening already
+            if self.started:  # listening already
                 self._rebind(config)
         except (OSError, ConfigError):
             if tcp is not None:
@@ -259,7 +263,7 @@ class ProxyServer:
             prepare(snapshot)
         self.config = config
         self._tls = tls
-        if self.endpoints:
+        if self.started:
             self._serve(config, tls)
         self.ctx.apply_snapshot(snapshot)
         self._tick = _tick_for(config)

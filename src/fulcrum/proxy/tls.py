@@ -19,9 +19,11 @@ from fulcrum.config.tls import ServerTLS, UpstreamTLS, certificate_names, load_c
 
 log = logging.getLogger("fulcrum.proxy")
 
-#: What a TLS listener offers in ALPN, in order of preference: the one place to add ``"h2"`` once an
-#: HTTP/2 handler exists (the downstream reads the outcome from ``negotiated_protocol``).
-ALPN_PROTOCOLS: tuple[str, ...] = ("http/1.1",)
+#: What a TLS listener offers in ALPN, in order of preference: HTTP/2 first, as browsers and nginx expect
+#: (``fulcrum.proxy.alpn`` reads the outcome from ``negotiated_protocol``) ...
+ALPN_PROTOCOLS: tuple[str, ...] = ("h2", "http/1.1")
+#: ... and what one with ``http2: false`` offers.
+ALPN_HTTP11: tuple[str, ...] = ("http/1.1",)
 DEFAULT_ALPN = "http/1.1"  # a client that sent no ALPN speaks HTTP/1.1
 
 #: TLS 1.2 suites: forward-secret AEAD only (TLS 1.3's own suites are all fine and left as OpenSSL has them).
