@@ -40,8 +40,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import run  # noqa: E402 - the harness next to this file
-from browser import wrk_header_args  # noqa: E402
+import run
+from browser import wrk_header_args
 
 BASELINE = "nginx-ka1k"
 SUBJECT = run.SUBJECT
