@@ -85,8 +85,7 @@ def hold(port: int, count: int, what: bytes, answer: bool) -> None:
             sel.register(sock, selectors.EVENT_WRITE, "connect")
             in_flight += 1
         for key, _ in sel.select(timeout=1.0):
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
+            sock = key.fileobj  # type: ignore[assignment]  # only sockets are registered
             done = ok = False
             if key.data == "connect":
                 if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
@@ -389,13 +388,13 @@ def report(memory: list[Memory], loris: list[Loris], ns: argparse.Namespace, opt
                   "| errors | slowloris connections closed by the proxy |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for name in PROXIES:
-            mine = [r for r in loris if r.proxy == name]
+            runs = [r for r in loris if r.proxy == name]
             lines.append(
-                f"| {name} | {_fmt(_median([r.p99_quiet_ms for r in mine]), '.3f')} "
-                f"| {_fmt(_median([r.p99_loris_ms for r in mine]), '.3f')} "
-                f"| {_fmt(_median([r.rps_quiet for r in mine]), ',.0f')} "
-                f"| {_fmt(_median([r.rps_loris for r in mine]), ',.0f')} | {sum(r.errors_loris for r in mine)} "
-                f"| {sum(r.loris['closed_by_proxy'] for r in mine)} |")
+                f"| {name} | {_fmt(_median([r.p99_quiet_ms for r in runs]), '.3f')} "
+                f"| {_fmt(_median([r.p99_loris_ms for r in runs]), '.3f')} "
+                f"| {_fmt(_median([r.rps_quiet for r in runs]), ',.0f')} "
+                f"| {_fmt(_median([r.rps_loris for r in runs]), ',.0f')} | {sum(r.errors_loris for r in runs)} "
+                f"| {sum(r.loris['closed_by_proxy'] for r in runs)} |")
         per_rep = []
         for rep in range(1, ns.reps + 1):
             a = next((r.p99_loris_ms for r in loris if r.rep == rep and r.proxy == run.SUBJECT), None)
