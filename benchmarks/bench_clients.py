@@ -333,6 +333,7 @@ def slowloris_tests(procs: run.Processes, opts: run.Options, ns: argparse.Namesp
     out = []
     for rep in range(1, ns.reps + 1):
         for px in proxies:
+            run.wait_for_quiet(opts)  # as run.py does; not again below, where the slowloris client itself runs
             quiet = run.run_wrk(procs, one, px.port, 1, ns.seconds)
             loris = child(procs, opts, "--loris-port", px.port, "--count", ns.slowloris, "--dribble", ns.dribble)
             try:
@@ -421,6 +422,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     ap.add_argument("--base-port", type=int, default=DEFAULT_BASE_PORT)
     ap.add_argument("--no-install", action="store_true", help="never run apt-get")
+    ap.add_argument("--quiet-wait", type=float, default=10.0, metavar="S", help="before each slowloris rep wait up to "
+                    "S seconds for other processes to use less than 25%% of a CPU, as run.py does (default 10)")
     # the child processes
     ap.add_argument("--hold", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--count", type=int, help=argparse.SUPPRESS)
@@ -440,6 +443,7 @@ def run_options(ns: argparse.Namespace) -> run.Options:
     argv = ["--only", ",".join(PROXIES), "--base-port", str(ns.base_port)]
     argv += ["--no-pin"] if ns.no_pin else []
     argv += ["--no-install"] if ns.no_install else []
+    argv += ["--quiet-wait", str(ns.quiet_wait)]
     return run.parse_args(argv)
 
 
