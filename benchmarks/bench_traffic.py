@@ -31,6 +31,7 @@ import argparse
 import http.client
 import json
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -115,6 +116,24 @@ def body_check(port: int) -> list[str]:
     finally:
         conn.close()
     return problems
+
+
+def upstream_waits_for_body(port: int) -> bool:
+    """The upstream's POST /upload says nothing while half of the body is still to come, then answers 200."""
+    body = b"x" * run.MIB
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % len(body))
+        sock.sendall(body[: len(body) // 2])
+        sock.settimeout(0.5)
+        try:
+            early = sock.recv(100)
+        except TimeoutError:
+            early = b""
+        if early:
+            return False
+        sock.settimeout(5)
+        sock.sendall(body[len(body) // 2 :])
+        return sock.recv(100).startswith(b"HTTP/1.1 200 ")
 
 
 def wrk_options(opts: run.Options, w: Workload, run_dir: Path) -> run.Options:
@@ -207,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     discarded: dict[str, list[run.Run]] = {}
     try:
         backend = run.start_backends(procs, opts, run_dir)
+        if not upstream_waits_for_body(opts.ports.backends[0]):
+            raise SystemExit("the upstream answered POST /upload before the end of the body (conf/backends.nginx.conf)")
         ready = run.start_proxies(procs, opts, run_dir, proxies)
         for px in list(ready):
             if problems := body_check(px.port):
