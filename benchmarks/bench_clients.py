@@ -17,8 +17,8 @@ proxy``) and nginx (one worker, ``keepalive 1024``) are measured from outside, i
 
 Each memory test runs on a freshly started proxy; the count of the proxy's open descriptors (from
 /proc) tells when it has accepted every connection (and, for ``slow``, connected upstream for each),
-so RSS is read only then. The clients are separate processes on the load CPU with non-blocking
-sockets; RLIMIT_NOFILE is raised to its hard limit.
+so RSS is read only then. The clients (and the silent upstream) are processes of ``clientload.py``
+on the load CPU, with non-blocking sockets; RLIMIT_NOFILE is raised to its hard limit.
 
     benchmarks/bench_clients.py                          # all four: 10,000 idle, 1,000 mid-request, 300 slowloris
     benchmarks/bench_clients.py --tests idle --idle 2000
@@ -31,13 +31,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import os
-import random
 import selectors
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,7 +42,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,132 +53,8 @@ TESTS = ("idle", "partial", "slow", "slowloris")
 DEFAULT_BASE_PORT = 19680  # run.py's + 300; the silent upstream and the proxies in front of it at +50
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench-clients\r\nAccept: */*\r\n\r\n"
 PARTIAL = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench-clients\r\n"  # no end of head
-CONNECTING_AT_ONCE = 256  # connects in flight in a client process, so no listen backlog overflows
 WAIT_S = 60.0  # what any step may take before the run gives up on it
-
-
-# -- the client processes and the silent upstream (children of this script) ----------------------------
-
-
-def hold(port: int, count: int, what: bytes, answer: bool) -> None:
-    """Open ``count`` connections, send ``what`` on each (and read the whole answer when ``answer``), print
-    how many are held, then keep them open until SIGTERM."""
-    run.raise_fd_limit()
-    sel = selectors.DefaultSelector()
-    held: list[socket.socket] = []
-    received: dict[socket.socket, bytes] = {}
-    opened = failed = in_flight = 0
-    deadline = time.monotonic() + WAIT_S
-    while len(held) + failed < count and time.monotonic() < deadline:
-        while opened < count and in_flight < CONNECTING_AT_ONCE:
-            sock = socket.socket()
-            sock.setblocking(False)
-            opened += 1
-            if sock.connect_ex(("127.0.0.1", port)) not in (0, errno.EINPROGRESS):
-                failed += 1
-                sock.close()
-                continue
-            sel.register(sock, selectors.EVENT_WRITE, "connect")
-            in_flight += 1
-        for key, _ in sel.select(timeout=1.0):
-            sock = key.fileobj  # type: ignore[assignment]  # only sockets are registered
-            done = ok = False
-            if key.data == "connect":
-                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
-                    sock.send(what)  # a few dozen bytes: the socket's buffer takes them whole
-                    if answer:
-                        sel.modify(sock, selectors.EVENT_READ, "read")
-                        received[sock] = b""
-                    else:
-                        done = ok = True
-                else:
-                    done = True
-            else:
-                data = sock.recv(65536)
-                received[sock] += data
-                done = not data or received[sock].endswith(run.EXPECTED_BODY)
-                ok = bool(data)
-            if done:
-                sel.unregister(sock)
-                in_flight -= 1
-                if ok:
-                    held.append(sock)
-                else:
-                    failed += 1
-                    sock.close()
-    print(json.dumps({"held": len(held), "failed": failed + count - opened}), flush=True)
-    while True:
-        signal.pause()
-
-
-def silent(ports: Sequence[int]) -> None:
-    """An upstream that accepts, reads and discards what it is sent, and never answers."""
-    run.raise_fd_limit()
-    sel = selectors.DefaultSelector()
-    for port in ports:
-        listener = socket.create_server(("127.0.0.1", port), backlog=4096)
-        listener.setblocking(False)
-        sel.register(listener, selectors.EVENT_READ, "accept")
-    while True:
-        for key, _ in sel.select():
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
-            if key.data == "accept":
-                with contextlib.suppress(BlockingIOError):
-                    conn, _ = sock.accept()
-                    conn.setblocking(False)
-                    sel.register(conn, selectors.EVENT_READ, "read")
-            elif not sock.recv(65536):
-                sel.unregister(sock)
-                sock.close()
-
-
-def slowloris(port: int, count: int, dribble: float) -> None:
-    """Keep ``count`` connections sending a never-ending request head, one byte per connection every ``dribble``
-    seconds; reconnect those the proxy closes. Prints ``ready`` once all are open, its counts on SIGTERM."""
-    run.raise_fd_limit()
-    stop = False
-
-    def on_term(_signum: int, _frame: FrameType | None) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    head = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-    pad = b"X-Pad: a\r\n"
-    conns: dict[socket.socket, int] = {}  # socket -> bytes of padding sent
-    due: list[tuple[float, socket.socket]] = []
-    closed_by_proxy = sent = 0
-
-    def connect() -> None:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        sock.setblocking(False)
-        sock.send(head)
-        conns[sock] = 0
-        due.append((time.monotonic() + random.uniform(0, dribble), sock))  # spread evenly over the interval
-
-    for _ in range(count):
-        connect()
-    print("ready", flush=True)
-    while not stop:
-        due.sort(key=lambda item: item[0])
-        when, sock = due.pop(0)
-        time.sleep(max(0.0, when - time.monotonic()))
-        if stop:
-            break
-        try:
-            i = conns[sock]
-            sock.send(pad[i % len(pad) : i % len(pad) + 1])
-            conns[sock] = i + 1
-            sent += 1
-            due.append((when + dribble, sock))
-        except OSError:  # closed by the proxy (a header timeout, a 408): open another in its place
-            closed_by_proxy += 1
-            del conns[sock]
-            sock.close()
-            with contextlib.suppress(OSError):
-                connect()
-    print(json.dumps({"closed_by_proxy": closed_by_proxy, "bytes_sent": sent, "open_at_end": len(conns)}), flush=True)
+CLIENTLOAD = Path(__file__).resolve().parent / "clientload.py"
 
 
 # -- measuring from outside ------------------------------------------------------------------------------
@@ -221,7 +93,8 @@ def read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
 
 
 def child(procs: run.Processes, opts: run.Options, *args: object) -> subprocess.Popen[bytes]:
-    return procs.start("clients", [sys.executable, __file__, *map(str, args)], None, opts.load_cpu)
+    """A process of clientload.py on the load CPU, its output on a pipe."""
+    return procs.start("clients", [sys.executable, str(CLIENTLOAD), *map(str, args)], None, opts.load_cpu)
 
 
 @dataclass
@@ -246,7 +119,7 @@ def memory_test(procs: run.Processes, opts: run.Options, test: str, px: run.Prox
     time.sleep(0.5)  # whatever the sanity check left to free, freed
     fds0, rss0 = open_fds(tree), rss_kib(tree)
     what, answer = {"idle": (REQUEST, True), "partial": (PARTIAL, False), "slow": (REQUEST, False)}[test]
-    clients = child(procs, opts, "--hold", px.port, "--count", count, "--send", what.hex(), "--answer", int(answer))
+    clients = child(procs, opts, "hold", px.port, count, what.hex(), *(["--answer"] if answer else []))
     try:
         held = json.loads(read_line(clients, WAIT_S + 10))["held"]
         # every connection accepted by the proxy (and, for slow, its upstream connection opened)
@@ -291,7 +164,7 @@ def memory_tests(procs: run.Processes, opts: run.Options, ns: argparse.Namespace
             silent_opts = replace(opts, ports=run.Ports(opts.ports.base + 50))
             silent_dir = run_dir / "silent"
             (silent_dir / "tmp").mkdir(parents=True, exist_ok=True)
-            upstream = child(procs, opts, "--silent", ",".join(map(str, silent_opts.ports.backends)))
+            upstream = child(procs, opts, "silent", ",".join(map(str, silent_opts.ports.backends)))
             for port in silent_opts.ports.backends:
                 while not run.port_in_use(port):
                     if upstream.poll() is not None:
@@ -335,7 +208,7 @@ def slowloris_tests(procs: run.Processes, opts: run.Options, ns: argparse.Namesp
         for px in proxies:
             run.wait_for_quiet(opts)  # as run.py does; not again below, where the slowloris client itself runs
             quiet = run.run_wrk(procs, one, px.port, 1, ns.seconds)
-            loris = child(procs, opts, "--loris-port", px.port, "--count", ns.slowloris, "--dribble", ns.dribble)
+            loris = child(procs, opts, "slowloris", px.port, ns.slowloris, ns.dribble)
             try:
                 if read_line(loris, WAIT_S) != "ready":
                     raise SystemExit("the slowloris client did not get its connections open")
@@ -424,13 +297,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-install", action="store_true", help="never run apt-get")
     ap.add_argument("--quiet-wait", type=float, default=10.0, metavar="S", help="before each slowloris rep wait up to "
                     "S seconds for other processes to use less than 25%% of a CPU, as run.py does (default 10)")
-    # the child processes
-    ap.add_argument("--hold", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--count", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--send", help=argparse.SUPPRESS)
-    ap.add_argument("--answer", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--silent", help=argparse.SUPPRESS)
-    ap.add_argument("--loris-port", type=int, help=argparse.SUPPRESS)
     ns = ap.parse_args(argv)
     ns.tests = [t.strip() for t in ns.tests.split(",") if t.strip()]
     if not ns.tests or any(t not in TESTS for t in ns.tests):
@@ -449,15 +315,6 @@ def run_options(ns: argparse.Namespace) -> run.Options:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = parse_args(argv)
-    if ns.loris_port:
-        slowloris(ns.loris_port, ns.count, ns.dribble)
-        return 0
-    if ns.hold:
-        hold(ns.hold, ns.count, bytes.fromhex(ns.send), bool(ns.answer))
-        return 0
-    if ns.silent:
-        silent([int(p) for p in ns.silent.split(",")])
-        return 0
     opts = run_options(ns)
 
     run.ensure_tools(["nginx", "wrk", *(["taskset"] if opts.load_cpu else [])], opts.install)
