@@ -254,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Path(f"{base}.md").write_text(run.relative(text))
     document: dict[str, Any] = {
         "workloads": [asdict(w) for w in workloads],
+        "ratios": {name: [asdict(r) for r in run.ratios(runs, opts.conns, subject=SUBJECT, base=BASELINE)]
+                   for name, runs in results.items()},
         "runs": {name: [asdict(r) for r in runs] for name, runs in results.items()},
         "discarded_noisy_runs": {name: [asdict(r) for r in runs] for name, runs in discarded.items()},
         "environment": run.environment(),
