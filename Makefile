@@ -45,6 +45,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_ws.py
 	$(PY) benchmarks/bench_tcp.py
 	$(PY) benchmarks/bench_h2.py
+	$(PY) benchmarks/bench_traffic.py $(BENCH_ARGS)
+	$(PY) benchmarks/bench_clients.py
+	@if command -v valgrind >/dev/null 2>&1; then $(PY) benchmarks/hotloop.py --browser --callgrind --requests 2000; \
+	else echo "valgrind missing: hotloop --browser in wall-clock time only"; $(PY) benchmarks/hotloop.py --browser; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

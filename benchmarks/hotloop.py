@@ -13,11 +13,16 @@ the event loop never runs.
     python benchmarks/hotloop.py --config mw5 --requests 50000
     python benchmarks/hotloop.py --all                    # the four configs and their ratios to bare
     python benchmarks/hotloop.py --all --callgrind --requests 2000
+    python benchmarks/hotloop.py --browser --callgrind --requests 2000   # bare and browser, and their ratio
 
 Configs: ``bare`` (one group of three servers, the catch-all route, as ``fulcrum proxy``), ``mw5``
 (the catch-all with request_id, access_log to a file, rate_limit, cors and headers secure),
 ``routes1k`` (999 host + prefix routes that do not match, then the catch-all) and ``browser`` (bare,
-with a request carrying 14 browser headers). The same configs as ``run.py --gateway``.
+with a request carrying a desktop browser's 14 headers besides Host, the list of ``browser.py`` that
+``bench_traffic.py`` sends with wrk). The same configs as ``run.py --gateway``.
+
+``--browser`` runs ``bare`` and ``browser`` and prints both, with the browser request's cost as a
+multiple of the bare one's against the target (at most 1.3x in instructions with ``--callgrind``).
 
 ``--callgrind`` runs this script twice under ``valgrind --tool=callgrind`` with N and 2N requests
 and prints (I(2N) - I(N)) / N instructions per request: start-up and warm-up cancel out, and the
@@ -45,6 +50,7 @@ from typing import Any
 
 import httptools
 
+from browser import BROWSER_HEADERS as BROWSER_REQUEST_HEADERS
 from fulcrum.build import stale_compiled_modules
 from fulcrum.config import parse_config
 from fulcrum.proxy.downstream import IDLE, ClientConnection
@@ -71,25 +77,10 @@ SWEEP_EVERY = 1000
 
 #: What wrk sends in run.py.
 PLAIN_HEADERS = (b"Host: 127.0.0.1:8080\r\n",)
-BROWSER_HEADERS = (
-    b"Host: 127.0.0.1:8080\r\n",
-    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    b"Chrome/124.0.0.0 Safari/537.36\r\n",
-    b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
-    b"image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7\r\n",
-    b"Accept-Language: en-GB,en-US;q=0.9,en;q=0.8\r\n",
-    b"Accept-Encoding: gzip, deflate, br, zstd\r\n",
-    b"Cookie: _ga=GA1.1.1234567890.1700000000; session=8f14e45fceea167a5a36dedd4bea2543; theme=dark\r\n",
-    b"Referer: http://127.0.0.1:8080/dashboard/overview\r\n",
-    b"Sec-Fetch-Dest: document\r\n",
-    b"Sec-Fetch-Mode: navigate\r\n",
-    b"Sec-Fetch-Site: same-origin\r\n",
-    b"Sec-Fetch-User: ?1\r\n",
-    b'Sec-CH-UA: "Chromium";v="124", "Google Chrome";v="124", "Not-A.Brand";v="99"\r\n',
-    b"Sec-CH-UA-Mobile: ?0\r\n",
-    b'Sec-CH-UA-Platform: "Linux"\r\n',
-    b"Cache-Control: max-age=0\r\n",
-)
+#: What a desktop browser sends with a page load: Host and the 14 headers of ``browser.py``.
+BROWSER_HEADERS = (PLAIN_HEADERS[0], *(header.encode() + b"\r\n" for header in BROWSER_REQUEST_HEADERS))
+#: ``--browser``: instructions per browser request at most this many times the bare request's.
+BROWSER_TARGET = 1.3
 
 
 class BenchFailure(Exception):
@@ -436,10 +427,30 @@ def print_table(rows: list[Row]) -> None:
         print(line)
 
 
+def print_browser_target(rows: list[Row]) -> None:
+    """The browser request's cost as a multiple of the bare one's, judged in instructions when counted."""
+    base = next((row for row in rows if row.name == "bare"), None)
+    browser = next((row for row in rows if row.name == "browser"), None)
+    if base is None or browser is None:
+        return
+    print()
+    if browser.instructions is not None and base.instructions:
+        ratio = browser.instructions / base.instructions
+        verdict = "PASS" if ratio <= BROWSER_TARGET else "MISS"
+        print(f"instructions per browser request: {browser.instructions:,.0f}, bare: {base.instructions:,.0f}; "
+              f"{ratio:.2f}x (target <= {BROWSER_TARGET}x: {verdict})")
+    else:
+        print(f"µs per browser request: {browser.us:.2f}, bare: {base.us:.2f}; {browser.us / base.us:.2f}x "
+              f"(wall clock; the {BROWSER_TARGET}x target is judged in instructions, with --callgrind)")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--config", choices=CONFIGS, default="bare", help="which config to serve (default bare)")
     parser.add_argument("--all", action="store_true", help="every config in turn, with the ratios to bare")
+    parser.add_argument("--browser", action="store_true",
+                        help=f"bare and browser (14 browser headers), with the ratio against its target "
+                             f"(<= {BROWSER_TARGET}x in instructions)")
     parser.add_argument("--requests", type=int, default=20000, help="requests per timed run (default 20000)")
     parser.add_argument("--warmup", type=int, default=2000, help="requests before timing (default 2000)")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs; the best counts (default 5)")
@@ -461,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("hotloop: valgrind is not installed, so --callgrind cannot count instructions "
               "(install valgrind, or run without --callgrind)", file=sys.stderr)
         return 2
-    names = list(CONFIGS) if args.all else [args.config]
+    names = list(CONFIGS) if args.all else ["bare", "browser"] if args.browser else [args.config]
     print(f"fulcrum data plane: {build_description()}")
     print(f"{args.requests} requests per run, {args.warmup} warm-up, best of {args.repeat}"
           + (f"; callgrind: {args.requests} and {2 * args.requests} requests" if args.callgrind else ""))
@@ -477,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hotloop: FAILED: {err}", file=sys.stderr)
         return 1
     print_table(rows)
+    print_browser_target(rows)
     return 0
 
 

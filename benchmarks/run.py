@@ -58,6 +58,7 @@ RUN_ROOT = BENCH_DIR / "run"
 VENV_BIN = Path(sys.executable).parent  # the venv's bin/ when run as `.venv/bin/python benchmarks/run.py`
 
 EXPECTED_BODY = b"hello, world\n"
+MIB = 1 << 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 DEFAULT_BASE_PORT = 19380  # below the usual ephemeral range, so wrk's own sockets never take it
 ALL_PROXIES = ("nginx", "nginx-ka1k", "fulcrum", "fulcrum-mw5", "fulcrum-1k", "fulcrum-admin")
@@ -134,6 +135,9 @@ class Options:
     retries: int
     quiet_wait: float
     https: bool = False
+    #: What each wrk request is, beyond the bare ``GET /``: extra wrk arguments (``-H``, ``-s script``) and the path.
+    wrk_args: tuple[str, ...] = ()
+    path: str = "/"
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
@@ -781,7 +785,8 @@ def run_wrk(procs: Processes, opts: Options, port: int, conns: int, duration: in
         "--latency",
         "--timeout",
         f"{opts.wrk_timeout}s",
-        f"{'https' if opts.https else 'http'}://127.0.0.1:{port}/",
+        *opts.wrk_args,
+        f"{'https' if opts.https else 'http'}://127.0.0.1:{port}{opts.path}",
     ]
     proc = procs.start("wrk", argv, None, opts.load_cpu)
     try:
@@ -1257,6 +1262,21 @@ def check_ports(opts: Options) -> None:
         )
 
 
+def start_backends(procs: Processes, opts: Options, run_dir: Path) -> subprocess.Popen[bytes]:
+    """The one nginx serving the three upstreams (and the stub_status port), on the load CPU, once they answer."""
+    b1, b2, b3 = opts.ports.backends
+    values: dict[str, object] = dict(
+        RUN_DIR=run_dir, BACKEND_1=b1, BACKEND_2=b2, BACKEND_3=b3, STATUS_PORT=opts.ports.status
+    )
+    (run_dir / "1m.bin").write_bytes(b"x" * MIB)  # GET /1m of the body workloads
+    conf = render("backends.nginx.conf", run_dir / "backends.conf", values)
+    backend = procs.start("backends", nginx_argv(run_dir, conf, "backends"), run_dir / "backends.log", opts.load_cpu)
+    for port in opts.ports.backends:
+        if err := wait_ready(port, backend):
+            raise SystemExit(f"upstream on port {port}: {err}; see {relative(str(run_dir))}/backends.*")
+    return backend
+
+
 def start_proxies(procs: Processes, opts: Options, run_dir: Path, proxies: list[Proxy]) -> list[Proxy]:
     """Start each proxy on the proxy CPU and keep those that come up and pass the sanity check."""
     ready = []
@@ -1360,18 +1380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pinning = f"wrk + upstreams on CPU {opts.load_cpu}, proxy on CPU {opts.proxy_cpu}" if opts.load_cpu else "none"
     log(f"run dir {relative(str(run_dir))}; pinning: {pinning}")
     try:
-        b1, b2, b3 = opts.ports.backends
-        values: dict[str, object] = dict(
-            RUN_DIR=run_dir, BACKEND_1=b1, BACKEND_2=b2, BACKEND_3=b3, STATUS_PORT=opts.ports.status
-        )
-        conf = render("backends.nginx.conf", run_dir / "backends.conf", values)
-        backend = procs.start(
-            "backends", nginx_argv(run_dir, conf, "backends"), run_dir / "backends.log", opts.load_cpu
-        )
-        for port in opts.ports.backends:
-            if err := wait_ready(port, backend):
-                raise SystemExit(f"upstream on port {port}: {err}; see {relative(str(run_dir))}/backends.*")
-
+        backend = start_backends(procs, opts, run_dir)
         ready = start_proxies(procs, opts, run_dir, proxies)
         if not ready:
             raise SystemExit("no proxy came up; nothing to measure")
