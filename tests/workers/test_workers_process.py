@@ -207,3 +207,30 @@ def test_sigterm_drains_every_worker_and_exits_0(make_run: Make, make_upstream: 
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
     assert run.logged("stopped")
+
+
+def test_a_reload_moves_every_worker_to_new_addresses_and_a_busy_one_changes_nothing(
+        make_run: Make, make_upstream: Callable[..., UpstreamServer]) -> None:
+    import socket
+
+    from tests.workers.harness import free_port
+
+    a = make_upstream(name="a")
+    config = two_workers(a)
+    run = make_run(config)
+    old, new = run.port, free_port()
+    with socket.create_server(("127.0.0.1", 0)) as busy:  # held by someone else, without SO_REUSEPORT
+        taken = busy.getsockname()[1]
+        run.write({**config, "listen": [f"127.0.0.1:{old}", f"127.0.0.1:{taken}"]})
+        r = run.api.post("/api/v1/reload")
+        assert r.status_code == 400 and f"listen[1] 127.0.0.1:{taken}" in r.text, r.text
+        assert len(listening_inodes(taken)) == 1  # only the other program's: nothing of ours was left bound
+    assert run.served_by(10) == ["a"] * 10
+    run.write({**config, "listen": [f"127.0.0.1:{new}"]})
+    assert run.api.post("/api/v1/reload").status_code == 200
+    on_new = listening_inodes(new)
+    held = [socket_inodes(pid) & on_new for pid in run.pids()]
+    assert len(on_new) == 2 and all(len(h) == 1 for h in held) and held[0] != held[1]
+    run.wait_for(lambda: listening_inodes(old) == set())  # every process let go of the old port
+    run.port = new
+    assert run.served_by(20) == ["a"] * 20

@@ -131,6 +131,7 @@ class WorkerSet:
         worker.started = time.monotonic()
         worker.applied = 0
         worker.up = self.loop.create_future()
+        worker.up.add_done_callback(_retrieve)  # a replacement's failure is logged, not raised
         worker.channel = Channel(ours, self.loop, lambda m, fds: self._received(worker, m, fds),
                                  lambda: self._channel_lost(worker))
         worker.pidfd = os.pidfd_open(proc.pid)
@@ -199,8 +200,6 @@ class WorkerSet:
                 self._respawns.discard(handle)
             if not self.stopping:
                 self._spawn(worker)
-                if worker.up is not None:
-                    worker.up.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
 
         handle = self.loop.call_later(delay, respawn)
         self._respawns.add(handle)
@@ -291,6 +290,11 @@ class WorkerSet:
             connections.add_metric(label, stats.get("connections_active", 0))
         yield GaugeMetricFamily("fulcrum_workers", "Worker processes configured.", value=self.count)
         yield from (up, restarts, requests, connections)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _how(code: int) -> str:
