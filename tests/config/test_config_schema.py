@@ -493,3 +493,9 @@ def test_workers_is_a_count_or_auto_for_one_per_cpu() -> None:
     assert parse_config({**ONE, "workers": "2"}, env={}).workers == 2
     assert parse_config({**ONE, "workers": "auto"}, env={}).workers == len(os.sched_getaffinity(0))
     assert parse_config({**ONE, "workers": "auto"}, env={}).workers == cpu_count() >= 1
+
+
+def test_check_names_the_worker_processes_when_there_are_several() -> None:
+    assert "workers:" not in describe(parse_config(ONE, env={}))
+    assert "workers: 3 worker processes and a main process (admin API, health checks)" in describe(
+        parse_config({**ONE, "workers": 3}, env={}))
