@@ -65,14 +65,15 @@ def socket_inodes(pid: int) -> set[int]:
 class WorkersRun:
     """One ``fulcrum run`` with its config file; the log (stderr) is kept in ``lines``."""
 
-    def __init__(self, tmp: Path, config: dict[str, Any], *args: str) -> None:
+    def __init__(self, tmp: Path, config: dict[str, Any], *args: str, session: bool = False) -> None:
         self.path = tmp / "fulcrum.json"
         self.port = free_port()
         self.admin_port = free_port()
         self.config = config
         self.write(config)
         self.proc = subprocess.Popen([str(FULCRUM), "run", *args, "-c", str(self.path)], stderr=subprocess.PIPE,
-                                     stdout=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     stdout=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                     start_new_session=session)  # its own process group, as in a terminal
         self.lines: list[str] = []
         stderr = self.proc.stderr
         assert stderr is not None

@@ -25,8 +25,8 @@ def make_run(tmp_path: Path) -> Iterator[Make]:
     """Start ``fulcrum run`` with a config; each one still running after the test is stopped (and must exit 0)."""
     started: list[WorkersRun] = []
 
-    def make(config: dict[str, Any], *args: str) -> WorkersRun:
-        run = WorkersRun(tmp_path, config, *args)
+    def make(config: dict[str, Any], *args: str, session: bool = False) -> WorkersRun:
+        run = WorkersRun(tmp_path, config, *args, session=session)
         started.append(run)
         return run
 
@@ -229,3 +229,16 @@ def test_a_reload_moves_every_worker_to_new_addresses_and_a_busy_one_changes_not
     run.wait_for(lambda: listening_inodes(old) == set())  # every process let go of the old port
     run.port = new
     assert run.served_by(20) == ["a"] * 20
+
+
+def test_ctrl_c_in_a_terminal_stops_the_whole_process_group_once(
+        make_run: Make, make_upstream: Callable[..., UpstreamServer]) -> None:
+    a = make_upstream(name="a")
+    run = make_run(two_workers(a), session=True)
+    pids = run.pids()
+    assert run.served_by(4) == ["a"] * 4
+    os.killpg(run.proc.pid, signal.SIGINT)  # what the terminal sends: main process and workers alike
+    assert run.proc.wait(60) == 0, run.log
+    assert run.close() == 0
+    assert not run.logged("starting a new one"), run.log  # no worker was taken for dead and replaced
+    assert all(not Path(f"/proc/{pid}").exists() for pid in pids)

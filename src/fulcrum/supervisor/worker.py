@@ -118,9 +118,11 @@ class Worker:
     # -- serving -----------------------------------------------------------------------
 
     async def run(self) -> int:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self.stopping.set)
-        self.loop.add_signal_handler(signal.SIGHUP, lambda: None)  # reloads come from the main process
+        self.loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        # Ctrl-C and a terminal's hangup reach the whole process group: the main process decides (it stops
+        # or reloads every worker), so a worker does not act on them alone.
+        for sig in (signal.SIGINT, signal.SIGHUP):
+            self.loop.add_signal_handler(sig, lambda: None)
         first = await self._next()
         if first is None:
             return 0
