@@ -51,3 +51,10 @@ async def test_the_main_flags_are_set_on_a_workers_servers_and_its_own_are_kept(
     assert worker.snapshot.groups["app"].eligible == ()
     wa.set_down(Down.PASSIVE, False)
     assert worker.snapshot.groups["app"].eligible == (wa,)
+
+
+def test_a_worker_that_keeps_dying_at_start_is_replaced_ever_later_up_to_a_bound() -> None:
+    from fulcrum.supervisor.workers import RESTART_MAX, restart_delay
+
+    assert [restart_delay(n) for n in range(6)] == [0.0, 0.0, 0.5, 1.0, 2.0, 4.0]
+    assert restart_delay(50) == RESTART_MAX

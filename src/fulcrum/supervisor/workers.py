@@ -189,7 +189,7 @@ class WorkerSet:
             return
         lived = time.monotonic() - worker.started
         worker.quick_deaths = worker.quick_deaths + 1 if lived < STABLE_AFTER else 0
-        delay = 0.0 if worker.quick_deaths <= 1 else min(RESTART_MAX, 0.25 * 2 ** (worker.quick_deaths - 1))
+        delay = restart_delay(worker.quick_deaths)
         worker.restarts += 1
         log.warning("worker %d (pid %d) %s; starting a new one%s", worker.slot, worker.pid, _how(code),
                     f" in {delay:g}s" if delay else "")
@@ -290,6 +290,14 @@ class WorkerSet:
             connections.add_metric(label, stats.get("connections_active", 0))
         yield GaugeMetricFamily("fulcrum_workers", "Worker processes configured.", value=self.count)
         yield from (up, restarts, requests, connections)
+
+
+def restart_delay(quick_deaths: int) -> float:
+    """Seconds before a dead worker is replaced: at once, unless it keeps dying soon after starting
+    (then 0.5 s, 1 s, 2 s ... up to RESTART_MAX), so a worker that cannot start does not spin."""
+    if quick_deaths <= 1:
+        return 0.0
+    return float(min(RESTART_MAX, 0.25 * 2 ** (quick_deaths - 1)))
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
