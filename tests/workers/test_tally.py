@@ -64,3 +64,20 @@ async def test_a_worker_reports_the_servers_it_does_not_send_to_and_why() -> Non
     found = report(worker)
     assert down_map(found) == {f"app/{a.id}": ["passive"], f"app/{b.id}": ["active_check", "draining"]}
     assert found["health_checks"] == 0
+
+
+async def test_a_server_ejected_by_any_worker_shows_so_in_the_totals() -> None:
+    loop = asyncio.get_running_loop()
+    main = ProxyServer(parse_config(CONFIG, env={}), loop)
+    one, two = busy_worker(loop, 1, 0, 1.0), busy_worker(loop, 1, 0, 1.0)
+    two.snapshot.groups["app"].servers[0].set_down(Down.BREAKER, True)
+    tally = Tally()
+    tally.update(0, report(one))
+    tally.update(1, report(two))
+    tally.apply(main.ctx.stats, main.ctx.metrics, main.snapshot)
+    first, second = main.snapshot.groups["app"].servers
+    assert first.down & Down.BREAKER and not second.down & (Down.BREAKER | Down.PASSIVE)
+    two.snapshot.groups["app"].servers[0].set_down(Down.BREAKER, False)  # closed again
+    tally.update(1, report(two))
+    tally.apply(main.ctx.stats, main.ctx.metrics, main.snapshot)
+    assert not first.down & Down.BREAKER

@@ -3,6 +3,7 @@
 Each worker sends a report of its own counters (``report``) every ``REPORT_INTERVAL``; the main
 process keeps the last one of each worker and writes the sums into its own ``Stats``, ``Metrics`` and
 servers (``Tally.apply``), where the admin API and ``/metrics`` read them as they would in one process.
+A server's passive-ejection and breaker flags there are set while any worker has them set.
 
 Counters must never go back: when a worker dies, its last report's counts are kept as "retired" and
 added to every later total (gauges, such as requests in flight, are not: they died with it). What a
@@ -168,7 +169,9 @@ class Tally:
                 merged = dict(codes)
                 active = 0
                 recents = []
-                for _, _, a, n, e, by_code, _, recent_data in rows.get(key, ()):
+                down = 0
+                for _, _, a, n, e, by_code, flags, recent_data in rows.get(key, ()):
+                    down |= flags
                     active += a
                     requests += n
                     errors += e
@@ -180,6 +183,9 @@ class Tally:
                 server.errors = errors
                 server.codes = merged
                 server.recent = merged_recent(recents)
+                # ejected or broken open in any worker: shown so (worker_processes[].down says where)
+                for flag in (Down.PASSIVE, Down.BREAKER):
+                    server.set_down(flag, bool(down & flag))
 
 
 def merged_recent(recents: list[list[Any]]) -> Recent:

@@ -336,6 +336,7 @@ class MainServer(ProxyServer):
         self._dump: dict[str, Any] = config.model_dump(mode="json")
         self._watched: tuple[Server, ...] = ()
         self._flags_due = False
+        self._flags_sent: dict[str, dict[str, int]] = {}
 
     @property
     def ports(self) -> list[int]:
@@ -376,6 +377,7 @@ class MainServer(ProxyServer):
         self._watch(self.snapshot)
         message = self._config_message()
         self.workers.send_all(message, lambda slot: self.sockets.for_slot(self.config, slot)[1])
+        self._flags_sent = message["flags"]  # every worker has these now
         await self.workers.wait_applied(self.gen)
 
     def _config_message(self) -> Message:
@@ -404,7 +406,10 @@ class MainServer(ProxyServer):
 
     def _send_flags(self) -> None:
         self._flags_due = False
-        self.workers.send_all({"type": "flags", "gen": self.gen, "flags": main_flags(self.snapshot)})
+        flags = main_flags(self.snapshot)
+        if flags != self._flags_sent:  # a change of the workers' own flags (shown here) is not news to them
+            self._flags_sent = flags
+            self.workers.send_all({"type": "flags", "gen": self.gen, "flags": flags})
 
     def _tally(self) -> None:
         self.workers.tally.apply(self.ctx.stats, self.ctx.metrics, self.snapshot)
