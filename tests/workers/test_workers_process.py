@@ -57,6 +57,8 @@ def test_two_worker_processes_each_hold_their_own_socket_on_the_port_and_both_se
     per_worker = [w["requests_total"] for w in status["worker_processes"]]
     assert sum(per_worker) == 40 and all(n > 0 for n in per_worker), per_worker
     assert status["upstreams"][0]["servers"][0]["requests"] == 40
+    worker_memory = [w["memory_bytes"] for w in status["worker_processes"]]
+    assert all(m > 0 for m in worker_memory) and status["memory_bytes"] > sum(worker_memory)  # the main's too
     metrics = run.api.get("/metrics").text
     assert 'fulcrum_requests_total{code="200",route="*/",upstream="app"} 40.0' in metrics
     assert "fulcrum_workers 2.0" in metrics and 'fulcrum_worker_up{worker="1"} 1.0' in metrics

@@ -67,6 +67,7 @@ class Workers(Protocol):
     count: int
 
     def view(self) -> list[dict[str, Any]]: ...
+    def memory_bytes(self) -> int: ...
     def collect(self) -> Iterator[Metric]: ...
 
 
@@ -159,6 +160,7 @@ class WorkerOut(BaseModel):
     connections_active: int
     connections_total: int
     health_checks: int = Field(description="active health checkers it runs (0: the main process checks)")
+    memory_bytes: int = Field(description="its resident memory")
     down: dict[str, list[str]] = Field(description="servers it sends nothing to, as group/server: reasons")
 
 
@@ -304,6 +306,7 @@ def make_app(plane: Plane, token: str | None, workers: Workers | None = None) ->
             return status_view(plane.snapshot, plane.stats, plane.started, state_of, tcp=plane.tcp_groups)
         view = status_view(plane.snapshot, plane.stats, plane.started, state_of, workers.count, plane.tcp_groups)
         view["worker_processes"] = workers.view()
+        view["memory_bytes"] += workers.memory_bytes()  # the main process's and every worker's
         return view
 
     @app.get("/api/v1/upstreams", response_model=UpstreamsOut, responses=ERRORS)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fulcrum.admin.views import DOWN_REASONS
+from fulcrum.admin.views import DOWN_REASONS, memory_bytes
 from fulcrum.proxy.context import Metrics, RouteCounters, Stats
 from fulcrum.proxy.server import ProxyServer
 from fulcrum.state.server import RECENT_BUCKETS, Down, Recent, Server
@@ -58,6 +58,7 @@ def report(server: ProxyServer) -> Report:
         "retries": dict(ctx.metrics.retries),
         "servers": servers,
         "health_checks": len(server.checkers),
+        "memory_bytes": memory_bytes(),
     }
 
 

@@ -268,9 +268,14 @@ class WorkerSet:
                 "connections_active": stats.get("connections_active", 0),
                 "connections_total": stats.get("connections_total", 0),
                 "health_checks": last.get("health_checks", 0),
+                "memory_bytes": last.get("memory_bytes", 0),
                 "down": down_map(last) if last else {},
             })
         return out
+
+    def memory_bytes(self) -> int:
+        """Resident memory of the workers, as they last reported it."""
+        return sum(int((w.last or {}).get("memory_bytes", 0)) for w in self.slots)
 
     def collect(self) -> Iterator[Metric]:
         """The per-worker metric families (the totals are in the usual ones)."""
