@@ -81,3 +81,15 @@ async def test_a_channel_carries_big_messages_and_listening_sockets_both_ways() 
         listener.close()
         main.close()
         worker.close()
+
+
+async def test_what_a_peer_sent_before_it_went_away_can_still_be_read() -> None:
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    got: list[Message] = []
+    closed: list[bool] = []
+    reader = Channel(a, loop, lambda m, fds: got.append(m), lambda: closed.append(True))
+    b.sendall(encode({"type": "report", "n": 1}) + encode({"type": "stopped"}))
+    b.close()  # the worker exited; the loop has not run the reader yet
+    reader.read_pending()
+    assert got == [{"type": "report", "n": 1}, {"type": "stopped"}] and closed == [True] and reader.closed

@@ -157,15 +157,21 @@ class Channel:
             self._writing = False
             self.loop.remove_writer(self.sock.fileno())
 
-    def _read(self) -> None:
+    def read_pending(self) -> None:
+        """Take in whatever the other end sent that has not been read yet (it may have exited since)."""
+        while not self.closed and self._read():
+            pass
+
+    def _read(self) -> bool:
+        """One read; True when it got data (more may follow)."""
         try:
             data, ancillary, flags, _ = self.sock.recvmsg(_READ, socket.CMSG_SPACE(MAX_FDS * _FD_SIZE))
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError as err:
             log.debug("channel read failed: %s", err)
             self._lost()
-            return
+            return False
         fds = _received_fds(ancillary)
         if flags & socket.MSG_CTRUNC:
             log.error("channel: descriptors were cut off in transit")
@@ -173,19 +179,20 @@ class Channel:
             for fd in fds:
                 os.close(fd)
             self._lost()
-            return
+            return False
         try:
             frames = self._decoder.feed(data, fds)
         except ProtocolError as err:
             log.error("channel: %s", err)
             self._lost()
-            return
+            return False
         for message, got in frames:
             if self.closed:
                 for fd in got:
                     os.close(fd)
                 continue
             self._on_message(message, got)
+        return True
 
     def _lost(self) -> None:
         if self.closed:

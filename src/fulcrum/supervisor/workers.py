@@ -172,9 +172,10 @@ class WorkerSet:
         proc = worker.proc
         assert proc is not None
         code = proc.wait()
-        if worker.channel is not None:
-            worker.channel.close()
-        worker.channel = None
+        channel, worker.channel = worker.channel, None
+        if channel is not None:
+            channel.read_pending()  # its last report, when it had time to send one
+            channel.close()
         worker.proc = None
         worker.ready = False
         worker.release()
