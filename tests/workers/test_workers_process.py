@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -244,3 +245,35 @@ def test_ctrl_c_in_a_terminal_stops_the_whole_process_group_once(
     assert run.close() == 0
     assert not run.logged("starting a new one"), run.log  # no worker was taken for dead and replaced
     assert all(not Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+def test_the_one_line_proxy_runs_workers_too(tmp_path: Path, make_upstream: Callable[..., UpstreamServer]) -> None:
+    import subprocess
+
+    import httpx
+
+    from tests.workers.harness import FULCRUM, free_port
+
+    a, b = make_upstream(name="a"), make_upstream(name="b")
+    port, admin = free_port(), free_port()
+    proc = subprocess.Popen([str(FULCRUM), "proxy", "--listen", f"127.0.0.1:{port}", "--to", a.url, "--to", b.url,
+                             "--workers", "2", "--admin", f"127.0.0.1:{admin}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with httpx.Client(trust_env=False, timeout=10) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None and time.monotonic() < deadline
+                try:
+                    workers = client.get(f"http://127.0.0.1:{admin}/api/v1/status").json()["worker_processes"]
+                    if len(workers) == 2 and all(w["up"] for w in workers):
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.05)
+            names = {client.get(f"http://127.0.0.1:{port}/", headers={"Connection": "close"}).text
+                     for _ in range(10)}
+        assert names == {"ok a\n", "ok b\n"}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
