@@ -70,9 +70,11 @@ def test_sighup_reaches_every_worker_and_a_bad_file_or_a_new_worker_count_reache
     a, b = make_upstream(name="a"), make_upstream(name="b")
     run = make_run(two_workers(a))
     pids = run.pids()
+    assert [w["config_generation"] for w in run.workers()] == [1, 1]
     run.write(two_workers(b))
     run.proc.send_signal(signal.SIGHUP)
     run.wait_for(lambda: run.logged("reloaded"))
+    assert [w["config_generation"] for w in run.workers()] == [2, 2]  # SIGHUP's reload waits for every worker
     served = run.served_by(40)
     assert served == ["b"] * 40
     run.wait_for(lambda: sum(w["requests_total"] for w in run.workers()) == 40)
@@ -82,6 +84,7 @@ def test_sighup_reaches_every_worker_and_a_bad_file_or_a_new_worker_count_reache
     run.wait_for(lambda: run.logged("refused"))
     assert run.served_by(20) == ["b"] * 20
     assert run.pids() == pids  # a reload never restarts a worker
+    assert [w["config_generation"] for w in run.workers()] == [2, 2]  # nothing of the bad file reached them
     assert "upstreams.app.servers[0]" in run.log
     # the number of workers is fixed at start
     run.write({**two_workers(a), "workers": 3})
@@ -97,6 +100,7 @@ def test_admin_changes_reach_every_worker(make_run: Make, make_upstream: Callabl
     run = make_run(two_workers(a))
     r = run.api.post("/api/v1/upstreams/app/servers", json={"url": b.url})
     assert r.status_code == 201, r.text
+    assert [w["config_generation"] for w in run.workers()] == [2, 2]  # answered once every worker had it
     r = run.api.patch(f"/api/v1/upstreams/app/servers/{a.id}", json={"state": "disabled"})
     assert r.status_code == 200, r.text
     # the API answers once every worker has the new server; the flag follows at once

@@ -161,6 +161,8 @@ class WorkerOut(BaseModel):
     connections_total: int
     health_checks: int = Field(description="active health checkers it runs (0: the main process checks)")
     memory_bytes: int = Field(description="its resident memory")
+    config_generation: int = Field(description="which config it serves: 1 at start, one more for each config "
+                                               "the main process put in force (reloads, admin API changes)")
     down: dict[str, list[str]] = Field(description="servers it sends nothing to, as group/server: reasons")
 
 

@@ -68,6 +68,7 @@ class WorkerProcess:
         self.restarts = 0
         self.quick_deaths = 0
         self.applied = 0  # the generation of the last config it acknowledged
+        self.serving = 0  # the generation of the config it serves (the last it applied without error)
         self.waiting: list[tuple[int, asyncio.Future[None]]] = []
         self.up: asyncio.Future[None] | None = None
         self.last: Report | None = None
@@ -129,7 +130,7 @@ class WorkerSet:
         worker.pid = proc.pid
         worker.ready = False
         worker.started = time.monotonic()
-        worker.applied = 0
+        worker.applied = worker.serving = 0
         worker.up = self.loop.create_future()
         worker.up.add_done_callback(_retrieve)  # a replacement's failure is logged, not raised
         worker.channel = Channel(ours, self.loop, lambda m, fds: self._received(worker, m, fds),
@@ -149,7 +150,8 @@ class WorkerSet:
             self.on_report()
         elif kind == "ready":
             worker.ready = True
-            worker.acknowledge(int(message.get("gen", 0)))
+            worker.serving = int(message.get("gen", 0))
+            worker.acknowledge(worker.serving)
             log.info("worker %d serving (pid %d)", worker.slot, worker.pid)
             if worker.up is not None and not worker.up.done():
                 worker.up.set_result(None)
@@ -157,6 +159,8 @@ class WorkerSet:
             if message.get("error"):
                 log.error("worker %d (pid %d) could not apply config %s: %s", worker.slot, worker.pid,
                           message.get("gen"), message["error"])
+            else:
+                worker.serving = int(message.get("gen", 0))
             worker.acknowledge(int(message.get("gen", 0)))
 
     def _channel_lost(self, worker: WorkerProcess) -> None:
@@ -270,6 +274,7 @@ class WorkerSet:
                 "connections_total": stats.get("connections_total", 0),
                 "health_checks": last.get("health_checks", 0),
                 "memory_bytes": last.get("memory_bytes", 0),
+                "config_generation": worker.serving,
                 "down": down_map(last) if last else {},
             })
         return out
