@@ -124,6 +124,9 @@ class WorkerSet:
                 "--channel", str(theirs.fileno())]
         try:
             proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        except OSError:
+            ours.close()
+            raise
         finally:
             theirs.close()
         worker.proc = proc
@@ -198,13 +201,21 @@ class WorkerSet:
         worker.restarts += 1
         log.warning("worker %d (pid %d) %s; starting a new one%s", worker.slot, worker.pid, _how(code),
                     f" in {delay:g}s" if delay else "")
+        self._respawn_later(worker, delay)
+
+    def _respawn_later(self, worker: WorkerProcess, delay: float) -> None:
         handle: asyncio.TimerHandle | None = None
 
         def respawn() -> None:
             if handle is not None:
                 self._respawns.discard(handle)
-            if not self.stopping:
+            if self.stopping:
+                return
+            try:
                 self._spawn(worker)
+            except OSError as err:  # out of processes or memory, say: try again later
+                log.error("worker %d cannot be started: %s; trying again in %gs", worker.slot, err, RESTART_MAX)
+                self._respawn_later(worker, RESTART_MAX)
 
         handle = self.loop.call_later(delay, respawn)
         self._respawns.add(handle)
