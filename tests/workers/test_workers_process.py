@@ -281,3 +281,11 @@ def test_the_one_line_proxy_runs_workers_too(tmp_path: Path, make_upstream: Call
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
+
+
+def test_the_file_watch_reaches_every_worker(make_run: Make, make_upstream: Callable[..., UpstreamServer]) -> None:
+    a, b = make_upstream(name="a"), make_upstream(name="b")
+    run = make_run(two_workers(a), "--watch")
+    run.write(two_workers(b))  # no signal, no API call: the main process sees the file change
+    run.wait_for(lambda: [w["config_generation"] for w in run.workers()] == [2, 2])
+    assert run.served_by(20) == ["b"] * 20
