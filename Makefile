@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_clients.py
 	@if command -v valgrind >/dev/null 2>&1; then $(PY) benchmarks/hotloop.py --browser --callgrind --requests 2000; \
 	else echo "valgrind missing: hotloop --browser in wall-clock time only"; $(PY) benchmarks/hotloop.py --browser; fi
+	$(PY) benchmarks/bench_workers.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -158,6 +158,7 @@ def _quick_config(args: argparse.Namespace) -> dict[str, Any]:
         upstream["health_check"] = {"path": args.health_path}
     return {
         "listen": [args.listen],
+        "workers": args.workers,
         "access_log": args.access_log,
         "admin": {"listen": args.admin},  # off unless asked for: a quick start binds one port
         "upstreams": {"default": upstream},
@@ -287,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--health-path", help="check each server's health at this path")
     p.add_argument("--admin", metavar="ADDRESS", help="serve the admin API and dashboard here, e.g. 127.0.0.1:9090")
     p.add_argument("--access-log", action="store_true", help="log one line per request to stdout")
+    p.add_argument("--workers", default="1", metavar="N", help="worker processes: a number or auto (default 1)")
     p.set_defaults(func=cmd_proxy)
 
     p = sub.add_parser("simulate", help="show how the configured policies spread synthetic traffic")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import pickle
 from typing import Any
 
@@ -16,6 +17,7 @@ from fulcrum.config import (
     parse_config,
     seed_to_config,
 )
+from fulcrum.config.schema import cpu_count
 
 ONE = {"upstreams": {"app": {"servers": ["http://127.0.0.1:5001"]}}}
 
@@ -302,8 +304,12 @@ def test_seed_style_errors_name_the_seed_keys() -> None:
 @pytest.mark.parametrize(
     ("data", "path", "reason"),
     [
-        ({**ONE, "workers": "auto"}, "workers", "only workers: 1 is supported in this version"),
-        ({**ONE, "workers": 4}, "workers", "several workers come later"),
+        ({**ONE, "workers": "many"}, "workers", "must be a number of worker processes from 1 to 256, or auto"),
+        ({**ONE, "workers": 0}, "workers", "must be a number of worker processes from 1 to 256, or auto (one per CPU)"),
+        ({**ONE, "workers": 257}, "workers", "got 257"),
+        ({**ONE, "workers": True}, "workers", "got True"),
+        ({**ONE, "workers": 2, "tcp_services": {"db": {"listen": ":5433", "servers": ["127.0.0.1:5432"]}}},
+         "tcp_services", "TCP services run in a single process for now: they need workers: 1 (workers is 2)"),
         ({**ONE, "workerz": 1}, "workerz", "unknown key (did you mean 'workers'?)"),
         ({**ONE, "zzz": 1}, "zzz", "unknown key (known here: access_log, admin, expose_upstream"),
         ({**ONE, "admin": {"listen": ":9090"}}, "admin.token", "is required when admin.listen (0.0.0.0:9090) is not a"),
@@ -404,7 +410,7 @@ def test_several_upstreams_need_routes() -> None:
 def test_every_error_is_reported() -> None:
     data = {
         "listen": ["nope"],
-        "workers": "auto",
+        "workers": "several",
         "limits": {"max_header_bytes": "lots", "header_timeot": "1s"},
         "upstreams": {
             "app": {
@@ -480,3 +486,16 @@ def test_describe() -> None:
     assert not any(line.startswith("http2:") for line in lines)
     h2c = describe(parse_config({**data, "http2": {"h2c": True}}, env={})).splitlines()
     assert "http2: h2c (prior knowledge) on the plain listeners, up to 100 streams per connection" in h2c
+
+
+def test_workers_is_a_count_or_auto_for_one_per_cpu() -> None:
+    assert parse_config({**ONE, "workers": 3}, env={}).workers == 3
+    assert parse_config({**ONE, "workers": "2"}, env={}).workers == 2
+    assert parse_config({**ONE, "workers": "auto"}, env={}).workers == len(os.sched_getaffinity(0))
+    assert parse_config({**ONE, "workers": "auto"}, env={}).workers == cpu_count() >= 1
+
+
+def test_check_names_the_worker_processes_when_there_are_several() -> None:
+    assert "workers:" not in describe(parse_config(ONE, env={}))
+    assert "workers: 3 worker processes and a main process (admin API, health checks)" in describe(
+        parse_config({**ONE, "workers": 3}, env={}))

@@ -8,7 +8,7 @@ built by ``views``, ``explain`` and ``metrics`` from the running snapshot. Error
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
@@ -16,6 +16,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client.core import Metric
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fulcrum import __version__
@@ -58,6 +59,16 @@ class Plane(Protocol):
     async def update_server(self, group: str, sid: str, weight: int | None, state: State | None) -> Server: ...
     async def remove_server(self, group: str, sid: str) -> Server: ...
     async def reload(self) -> list[str]: ...
+
+
+class Workers(Protocol):
+    """Worker processes' own figures, when there are several (``fulcrum.supervisor.workers.WorkerSet``)."""
+
+    count: int
+
+    def view(self) -> list[dict[str, Any]]: ...
+    def memory_bytes(self) -> int: ...
+    def collect(self) -> Iterator[Metric]: ...
 
 
 # -- bodies and answers ---------------------------------------------------------------
@@ -138,6 +149,23 @@ class TcpServiceOut(BaseModel):
     servers: list[TcpServerOut]
 
 
+class WorkerOut(BaseModel):
+    worker: int = Field(description="the worker's slot, 0 to workers - 1 (a replacement takes its slot)")
+    pid: int | None
+    up: bool
+    restarts: int = Field(description="times this slot's process was replaced after it exited unasked")
+    uptime_s: float
+    requests_total: int = Field(description="requests its current process served")
+    responses_5xx: int
+    connections_active: int
+    connections_total: int
+    health_checks: int = Field(description="active health checkers it runs (0: the main process checks)")
+    memory_bytes: int = Field(description="its resident memory")
+    config_generation: int = Field(description="which config it serves: 1 at start, one more for each config "
+                                               "the main process put in force (reloads, admin API changes)")
+    down: dict[str, list[str]] = Field(description="servers it sends nothing to, as group/server: reasons")
+
+
 class StatusOut(BaseModel):
     version: str
     uptime_s: float
@@ -153,6 +181,7 @@ class StatusOut(BaseModel):
     workers: int
     upstreams: list[GroupOut]
     tcp_services: list[TcpServiceOut] = []
+    worker_processes: list[WorkerOut] = Field([], description="each worker's figures (empty with workers: 1)")
 
 
 class ErrorOut(BaseModel):
@@ -224,12 +253,15 @@ def _public(scope: Scope) -> bool:
 # -- the application --------------------------------------------------------------------
 
 
-def make_app(plane: Plane, token: str | None) -> Any:
-    """The admin ASGI application for ``plane``; ``token`` None means no auth (a loopback listener)."""
+def make_app(plane: Plane, token: str | None, workers: Workers | None = None) -> Any:
+    """The admin ASGI application for ``plane``; ``token`` None means no auth (a loopback listener).
+
+    ``workers``: the worker processes, when there are several (their figures join status and metrics).
+    """
     app = FastAPI(title="Fulcrum admin API", version=__version__, openapi_url="/api/v1/openapi.json",
                   docs_url=None, redoc_url=None)
     collector = FulcrumCollector(lambda: plane.snapshot, lambda: plane.stats, lambda: plane.counters,
-                                 lambda: plane.tcp_groups)
+                                 lambda: plane.tcp_groups, workers.collect if workers is not None else None)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -272,7 +304,12 @@ def make_app(plane: Plane, token: str | None) -> Any:
 
     @app.get("/api/v1/status", response_model=StatusOut, responses=ERRORS)
     async def status() -> dict[str, Any]:
-        return status_view(plane.snapshot, plane.stats, plane.started, state_of, tcp=plane.tcp_groups)
+        if workers is None:
+            return status_view(plane.snapshot, plane.stats, plane.started, state_of, tcp=plane.tcp_groups)
+        view = status_view(plane.snapshot, plane.stats, plane.started, state_of, workers.count, plane.tcp_groups)
+        view["worker_processes"] = workers.view()
+        view["memory_bytes"] += workers.memory_bytes()  # the main process's and every worker's
+        return view
 
     @app.get("/api/v1/upstreams", response_model=UpstreamsOut, responses=ERRORS)
     async def upstreams() -> dict[str, Any]:

@@ -48,11 +48,13 @@ class FulcrumCollector:
         stats: Callable[[], Stats],
         counters: Callable[[], Counters],
         tcp: Callable[[], Mapping[str, TcpGroup]] | None = None,
+        extra: Callable[[], Iterator[Metric]] | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._stats = stats
         self._counters = counters
         self._tcp = tcp
+        self._extra = extra  # more families (the worker processes' own)
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self._snapshot()
@@ -112,6 +114,8 @@ class FulcrumCollector:
                                   value=stats.tunnels_total)
         if self._tcp is not None:
             yield from tcp_metrics(self._tcp())
+        if self._extra is not None:
+            yield from self._extra()
 
 
 def tcp_metrics(groups: Mapping[str, TcpGroup]) -> Iterator[Metric]:

@@ -69,6 +69,8 @@ def describe(config: Config) -> str:
         f" body {body}, header timeout {format_duration(limits.header_timeout)},"
         f" keep-alive {format_duration(limits.keepalive_timeout)}",
     ]
+    if config.workers > 1:
+        lines.append(f"workers: {config.workers} worker processes and a main process (admin API, health checks)")
     if config.http2.h2c:
         lines.append(f"http2: h2c (prior knowledge) on the plain listeners, up to "
                      f"{config.http2.max_concurrent_streams} streams per connection")

@@ -7,6 +7,7 @@ phrase, or ``fail()`` with several problems at once, each at its own key path.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal, NoReturn
@@ -644,10 +645,27 @@ class Upstream(BaseModel):
 # ---------------------------------------------------------------- the whole config
 
 
+#: The most worker processes a config may ask for.
+MAX_WORKERS = 256
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask, so ``taskset`` is respected), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - platforms without affinity masks
+        return max(1, os.cpu_count() or 1)
+
+
 def _check_workers(value: object) -> int:
-    if isinstance(value, int | str) and not isinstance(value, bool) and str(value).strip() == "1":
-        return 1
-    raise ValueError(f"only workers: 1 is supported in this version (several workers come later), got {value!r}")
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return cpu_count()
+    if isinstance(value, int | str) and not isinstance(value, bool) and str(value).strip().isdigit():
+        n = int(str(value).strip())
+        if 1 <= n <= MAX_WORKERS:
+            return n
+    raise ValueError(f"must be a number of worker processes from 1 to {MAX_WORKERS}, or auto (one per CPU), "
+                     f"got {value!r}")
 
 
 def _listen_list(value: object) -> object:
@@ -779,6 +797,9 @@ class Config(BaseModel):
             if not problems:
                 raise
             raise merge_errors(err, problems) from None
+        if config.workers > 1 and config.tcp_services:
+            problems.append((("tcp_services",), f"TCP services run in a single process for now: they need workers: 1 "
+                                                f"(workers is {config.workers})", None))
         if problems:
             raise problems_error(problems)
         return config

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from functools import partial
 
 from fulcrum.config import Config, ConfigError
+from fulcrum.config.errors import ConfigIssue
 from fulcrum.config.tls import RedirectToHttps
 from fulcrum.health.active import HealthChecker
 from fulcrum.proxy.alpn import AlpnSwitch
@@ -60,13 +61,45 @@ def _tick_for(config: Config) -> float:
     return max(0.01, min(0.25, shortest / 5))
 
 
-class ProxyServer:
-    """Serves one config on its listeners until ``shutdown``."""
+def bind_listener(address: Address) -> socket.socket:
+    """A new non-blocking socket listening on ``address``."""
+    host, port = address
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, type_, proto, _, bound = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(bound)
+        sock.listen(4096)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop | None = None, source: str = "config") -> None:
+
+class ProxyServer:
+    """Serves one config on its listeners until ``shutdown``.
+
+    ``bind`` makes the listening socket of an address (by default a new one; a worker process is given
+    sockets its main process holds). With ``checks`` off no health checks run here: whoever builds the
+    snapshots sets the servers' ``ACTIVE_CHECK`` flags (a worker's main process does).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        loop: asyncio.AbstractEventLoop | None = None,
+        source: str = "config",
+        *,
+        bind: Callable[[Address], socket.socket] = bind_listener,
+        checks: bool = True,
+    ) -> None:
         self.loop = loop or asyncio.get_running_loop()
         self.source = source  # the config file's name, for errors
         self.config = config
+        self.bind = bind
+        self.checks = checks
         self.registry = ServerRegistry()
         self.checkers: dict[str, HealthChecker] = {}
         self._tls = listener_tls(config, source)
@@ -133,18 +166,7 @@ class ProxyServer:
 
     def _listen(self, address: Address) -> Endpoint:
         """Bind and listen; connections are accepted by ``_accept``, as many as are waiting each time."""
-        host, port = address
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, type_, proto, _, bound = infos[0]
-        sock = socket.socket(family, type_, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(bound)
-            sock.listen(4096)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
+        sock = self.bind(address)
         endpoint = Endpoint(sock, address)
         self.loop.add_reader(sock.fileno(), self._accept, endpoint)
         return endpoint
@@ -205,6 +227,8 @@ class ProxyServer:
 
     async def _start_checkers(self, config: Config) -> None:
         """One checker per group with health checks; a rebuilt checker takes over its predecessor's state."""
+        if not self.checks:
+            return
         snapshot = self.ctx.snapshot
         old, self.checkers = self.checkers, {}
         first_rounds = []
@@ -241,9 +265,12 @@ class ProxyServer:
         keeps its socket, so no connection is refused during the swap. ``same_routes`` keeps the
         compiled routes (and their middleware state) of the running snapshot, for a change of servers
         only. ``prepare`` sees the new snapshot before it is swapped in (to set operators' flags).
-        Raises ``ConfigError`` (routes that cannot be built) or ``OSError`` (an address that cannot be
-        bound) with nothing changed.
+        Raises ``ConfigError`` (routes that cannot be built, a change of ``workers``) or ``OSError`` (an
+        address that cannot be bound) with nothing changed.
         """
+        if config.workers != self.config.workers:
+            raise ConfigError([ConfigIssue(self.source, "workers", f"changed from {self.config.workers} to "
+                                           f"{config.workers}: a new number of workers takes a restart")])
         tls = listener_tls(config, self.source)
         gateway = self.ctx.snapshot.gateway if same_routes else None
         snapshot = build_snapshot(config, self.registry, self.loop.time, self.source, gateway)

@@ -1,4 +1,4 @@
-"""Runs one proxy process until SIGTERM or SIGINT, then drains and exits 0."""
+"""Runs Fulcrum until SIGTERM or SIGINT, then drains and exits 0: one process, or a main process and its workers."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from fulcrum.config import Config, ConfigError
 from fulcrum.proxy.server import ProxyServer, install_uvloop
 from fulcrum.supervisor.control import Control
 from fulcrum.supervisor.watch import watch_file
+from fulcrum.supervisor.workers import MainServer
 
 log = logging.getLogger("fulcrum")
 
@@ -42,14 +43,21 @@ def run(
 
 
 class Instance:
-    """One process's whole Fulcrum: the proxy, its control plane and the admin listener (if configured)."""
+    """One process's whole Fulcrum: the proxy, its control plane and the admin listener (if configured).
+
+    With ``workers`` above 1 the proxy is a ``MainServer``: the workers it starts serve the connections.
+    """
 
     def __init__(self, config: Config, path: str | None = None, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.loop = loop or asyncio.get_running_loop()
-        self.server = ProxyServer(config, self.loop, source=path or "config")  # ConfigError: bad routes
+        source = path or "config"
+        # ConfigError: bad routes. With several workers this process keeps the control plane (MainServer).
+        self.server = MainServer(config, self.loop, source) if config.workers > 1 \
+            else ProxyServer(config, self.loop, source=source)
         self.control = Control(self.server, config, path)
+        workers = self.server.workers if isinstance(self.server, MainServer) else None
         listen = config.admin.listen
-        self.admin = AdminListener(make_app(self.control, config.admin.token), listen.host, listen.port) \
+        self.admin = AdminListener(make_app(self.control, config.admin.token, workers), listen.host, listen.port) \
             if listen is not None else None
 
     async def start(self) -> None:

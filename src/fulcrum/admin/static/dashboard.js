@@ -321,6 +321,11 @@
     setTotal("uptime", formatDuration(status.uptime_s));
     setTotal("memory", formatBytes(status.memory_bytes));
     setTotal("workers", formatCount(status.workers));
+    const procs = Array.isArray(status.worker_processes) ? status.worker_processes : [];
+    const restarts = procs.reduce((n, w) => n + (isNumber(w.restarts) ? w.restarts : 0), 0);
+    setTotal("workers_up", procs.length
+      ? `${formatCount(procs.filter((w) => w.up).length)} up · ${formatCount(restarts)} restart${restarts === 1 ? "" : "s"}`
+      : "");
     const rate = document.querySelector('[data-total="success_rate"]');
     rate.classList.toggle("bad", isNumber(status.success_rate) && status.success_rate < 0.99);
     if (!app.totalChart) app.totalChart = makeChart(ui.totalChart, 240, 44, false);
