@@ -1,0 +1,370 @@
+"""The Redis state backend (``state: {backend: redis, url}``): I/O only, for several instances behind one name.
+
+Two parts, each with its own connection pool and its own view of whether Redis is reachable:
+
+- ``SharedOverlay`` keeps the runtime changes of the admin API (the overlay of
+  ``fulcrum.state.changes`` as plain data) in one Redis key with a version, and pushes each new
+  version to every instance on a pub/sub channel. One background task does all of its I/O:
+  it subscribes, catches up with what is stored, writes what changed here and hands what changed
+  elsewhere to a callback. Whole documents replace each other: the last writer wins.
+- ``RedisBuckets`` runs the shared rate limits' token buckets in Redis, atomically in a Lua script
+  on Redis's clock (``TIME``), so every instance counts against one bucket per key.
+
+When Redis cannot be reached each instance keeps serving with what it has (its last overlay, the
+buckets in its own memory), says so once in the log, reconnects with backoff, and says once when
+it is back. Nothing here knows about snapshots, routes or requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import PubSub
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from fulcrum.config.state import StateBackend
+
+log = logging.getLogger("fulcrum.state")
+
+#: Seconds to connect, and to wait for one reply, before Redis counts as unreachable.
+CONNECT_TIMEOUT = 1.0
+REPLY_TIMEOUT = 1.0
+#: Reconnect delays: from the first to the longest, doubling, with a little jitter.
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 3.0
+#: Connections per pool; a request needing one more waits for one to be free.
+MAX_CONNECTIONS = 32
+
+#: Apply a change: writes the document (version from INCR, origin, overlay) and publishes it, in one step.
+_WRITE_STATE = """
+local version = redis.call('INCR', KEYS[2])
+local doc = '{"version":' .. version .. ',"origin":"' .. ARGV[2] .. '","overlay":' .. ARGV[1] .. '}'
+redis.call('SET', KEYS[1], doc)
+redis.call('PUBLISH', ARGV[3], doc)
+return version
+"""
+
+#: One token from a bucket (the GCRA form of a token bucket, as ``TokenBuckets``): the value is the moment,
+#: in microseconds of Redis's clock, the bucket is full again. Returns 0 when allowed, else the microseconds
+#: to wait. The key expires once the bucket is full again, so idle buckets vanish.
+_TAKE_TOKEN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local slack = tonumber(ARGV[3])
+local full_at = tonumber(redis.call('GET', KEYS[1])) or now
+if full_at < now then full_at = now end
+local after = full_at + interval
+local wait = after - now - burst
+if wait > slack then return math.ceil(wait) end
+redis.call('SET', KEYS[1], string.format('%.0f', after), 'PX', math.ceil((after - now) / 1000) + 1000)
+return 0
+"""
+
+#: What an unreachable or failing Redis raises (OSError: a socket error not wrapped by redis-py).
+FAILURES = (RedisError, OSError)
+
+
+def connect(url: str) -> Redis:
+    """A client of ``url`` that fails fast (short timeouts, no retries of its own: the callers back off)."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=REPLY_TIMEOUT,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=REPLY_TIMEOUT,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=10,
+    )
+    return Redis(connection_pool=pool)
+
+
+class Backoff:
+    """Delays between reconnect attempts: doubling from ``first`` up to ``longest``, each within +-20%."""
+
+    def __init__(self, first: float = BACKOFF_FIRST, longest: float = BACKOFF_MAX) -> None:
+        self.first = first
+        self.longest = longest
+        self._next = first
+
+    def reset(self) -> None:
+        self._next = self.first
+
+    def delay(self) -> float:
+        delay = self._next
+        self._next = min(self.longest, delay * 2)
+        return delay * random.uniform(0.8, 1.2)
+
+
+class Outage:
+    """Logs the loss of Redis once, and its return once, however many attempts fail in between."""
+
+    def __init__(self, what: str, url: str) -> None:
+        self.what = what
+        self.url = url
+        self.down = False
+
+    def lost(self, err: BaseException) -> None:
+        if not self.down:
+            self.down = True
+            log.warning("state backend: Redis at %s unreachable (%s: %s); %s, reconnecting", self.url,
+                        type(err).__name__, err, self.what)
+
+    def back(self) -> None:
+        if self.down:
+            self.down = False
+            log.info("state backend: Redis at %s reachable again", self.url)
+
+
+#: Called with (version, overlay data) when another instance's change (or the stored state) should be applied.
+OnRemote = Callable[[int, dict[str, Any]], Awaitable[None]]
+
+
+class SharedOverlay:
+    """The overlay of runtime changes, stored in Redis with a version and broadcast by pub/sub.
+
+    ``changed(data)`` records a change made here (no I/O: the background task writes it, at once when
+    Redis is there, else when it is back). Another instance's change comes to ``on_remote``, which
+    should take its lock and ask ``accept(version, data)`` before applying: a change made here and not yet
+    written, or a version not newer than the one this instance has, is not to be applied.
+
+    Catching up (at start and after every reconnect): a change made here while Redis was unreachable
+    is written then, replacing whatever is stored (last writer wins); else the stored state is
+    applied when its version is not the one this instance has; and a Redis that lost everything
+    (restarted without persistence) gets this instance's state written back.
+    """
+
+    def __init__(self, url: str, prefix: str, on_remote: OnRemote) -> None:
+        self.url = url
+        self.key = f"{prefix}:overlay"
+        self.version_key = f"{prefix}:overlay:version"
+        self.channel = f"{prefix}:changes"
+        self.origin = uuid.uuid4().hex
+        self.on_remote = on_remote
+        self.version = 0  # of the state this instance has (0: none from Redis yet)
+        self._client = connect(url)
+        self._write = self._client.register_script(_WRITE_STATE)
+        self._data: dict[str, Any] | None = None  # the state this instance has, as last written or applied
+        self._dirty = 0  # > 0: a change made here is not written yet (a count, so a newer one is not lost)
+        self._wake = asyncio.Event()
+        self._ready = asyncio.Event()  # the first catch-up is done
+        self._outage = Outage("serving with the last state", url)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._ready.is_set() and not self._outage.down
+
+    async def start(self, wait: float = CONNECT_TIMEOUT + REPLY_TIMEOUT) -> bool:
+        """Start the background task and wait up to ``wait`` seconds for the stored state; True when it came."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready.wait()), wait)
+        except TimeoutError:
+            log.warning("state backend: no answer from Redis at %s yet; starting with the file's config and the "
+                        "runtime changes will be loaded when it answers", self.url)
+            return False
+        return True
+
+    def changed(self, data: dict[str, Any]) -> None:
+        """A change made on this instance: write ``data`` (the whole overlay) as the new state."""
+        self._data = data
+        self._dirty += 1
+        self._wake.set()
+
+    def accept(self, version: int, data: dict[str, Any]) -> bool:
+        """Whether the state ``data`` of ``version`` from Redis is to be applied now (ask under the applier's
+        lock); when it is, it becomes the state this instance has."""
+        if self._dirty or version <= self.version:
+            return False
+        self.version = version
+        self._data = data
+        return True
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self._client.aclose(close_connection_pool=True)
+
+    # -- the background task ----------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                await self._session(backoff)
+            except FAILURES as err:
+                self._outage.lost(err)
+            except Exception:  # a bug must not end the sharing for good
+                log.exception("state backend: error while sharing state through Redis at %s", self.url)
+            await asyncio.sleep(backoff.delay())
+
+    async def _session(self, backoff: Backoff) -> None:
+        pubsub = self._client.pubsub()
+        try:
+            await pubsub.subscribe(self.channel)  # first: nothing published after the catch-up's read is missed
+            await self._catch_up()
+            self._outage.back()
+            backoff.reset()
+            self._ready.set()
+            reader = asyncio.ensure_future(self._read(pubsub))
+            writer = asyncio.ensure_future(self._write_changes())
+            try:
+                done, _ = await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # raises what ended it
+                raise ConnectionError("the pub/sub connection closed")
+            finally:
+                for task in (reader, writer):
+                    task.cancel()
+                await asyncio.gather(reader, writer, return_exceptions=True)
+        finally:
+            try:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            except FAILURES:
+                pass
+
+    async def _catch_up(self) -> None:
+        if self._dirty:
+            await self._flush()
+            return
+        raw = await self._client.get(self.key)
+        if raw is None:
+            if self._data is not None and _has_changes(self._data):
+                log.info("state backend: Redis at %s holds no state; writing this instance's runtime changes",
+                         self.url)
+                self._dirty += 1
+                await self._flush()
+            else:
+                self.version = 0
+            return
+        doc = _parse(raw)
+        if doc is None or doc[0] == self.version:
+            return
+        if doc[0] < self.version:
+            self.version = 0  # Redis lost the versions this instance saw (a restart without persistence)
+        await self.on_remote(doc[0], doc[2])
+
+    async def _flush(self) -> None:
+        """Write the state changed here; a change made meanwhile is written by the next flush."""
+        dirty = self._dirty
+        data = self._data if self._data is not None else {}
+        version = await self._write(keys=[self.key, self.version_key],
+                                    args=[json.dumps(data, separators=(",", ":")), self.origin, self.channel])
+        self.version = int(version)
+        self._dirty -= dirty
+
+    async def _write_changes(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._dirty:
+                await self._flush()
+
+    async def _read(self, pubsub: PubSub) -> None:
+        async for message in pubsub.listen():
+            if message.get("type") != "message":
+                continue
+            doc = _parse(message["data"])
+            if doc is None or doc[1] == self.origin or self._dirty:
+                continue  # our own, or older than the change of ours about to be written
+            await self.on_remote(doc[0], doc[2])
+
+
+def _parse(raw: bytes | str) -> tuple[int, str, dict[str, Any]] | None:
+    """(version, origin, overlay) of a stored or published document; None (logged) when it is not one."""
+    try:
+        doc = json.loads(raw)
+        result = (int(doc["version"]), str(doc["origin"]), doc["overlay"])
+    except (ValueError, TypeError, KeyError) as err:
+        log.error("state backend: ignoring a state document that cannot be read (%s)", err)
+        return None
+    if not isinstance(result[2], dict):
+        log.error("state backend: ignoring a state document whose overlay is not an object")
+        return None
+    return result
+
+
+def _has_changes(data: dict[str, Any]) -> bool:
+    return any(data.get(part) for part in ("added", "weights", "states", "removing", "removed"))
+
+
+class RedisBuckets:
+    """Token buckets kept in Redis (``rate_limit`` with ``shared: true``): one atomic script call per take.
+
+    ``take`` answers None, without any I/O, while Redis is known to be unreachable: the caller then
+    uses its own memory bucket. The first failure is logged; a background probe reconnects with
+    backoff and the buckets in Redis are used again once it answers.
+    """
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.prefix = f"{prefix}:rl:"
+        self._client = connect(url)
+        self._script = self._client.register_script(_TAKE_TOKEN)
+        self._outage = Outage("shared rate limits count in each instance's memory meanwhile", url)
+        self._probe: asyncio.Task[None] | None = None
+
+    @property
+    def up(self) -> bool:
+        return not self._outage.down
+
+    async def take(self, key: str, interval_us: float, burst_us: float, slack_us: float) -> float | None:
+        """Take a token from the bucket ``key``: 0.0 allowed, else seconds to wait; None when Redis is not there."""
+        if self._outage.down:
+            return None
+        try:
+            wait = await self._script(keys=[self.prefix + key], args=[interval_us, burst_us, slack_us])
+        except FAILURES as err:
+            self._lost(err)
+            return None
+        return int(wait) / 1e6
+
+    def _lost(self, err: BaseException) -> None:
+        self._outage.lost(err)
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        backoff = Backoff()
+        while True:
+            await asyncio.sleep(backoff.delay())
+            try:
+                await self._client.ping()
+            except FAILURES:
+                continue
+            self._outage.back()
+            return
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+        await self._client.aclose(close_connection_pool=True)
+
+
+def shared_overlay(state: StateBackend, on_remote: OnRemote) -> SharedOverlay | None:
+    """The overlay store for ``state`` (None for the memory backend)."""
+    if state.backend != "redis" or state.url is None:
+        return None
+    return SharedOverlay(state.url, state.prefix, on_remote)
+
+
+def redis_buckets(state: StateBackend) -> RedisBuckets | None:
+    """The bucket store for ``state`` (None for the memory backend)."""
+    if state.backend != "redis" or state.url is None:
+        return None
+    return RedisBuckets(state.url, state.prefix)

@@ -1,0 +1,137 @@
+"""Two whole Fulcrum instances (each with its own admin API) sharing one real Redis (``state: redis``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from tests.admin.harness import RunningInstance
+from tests.state.conftest import redis_state
+from tests.support.redisserver import RedisServer
+from tests.support.upstream import UpstreamServer
+
+Make = Callable[..., RunningInstance]
+MakeUpstream = Callable[..., UpstreamServer]
+#: How long a change may take to show on another instance before the test fails (a loaded machine is slow).
+PROPAGATION = 15.0
+
+
+def wait_until(check: Callable[[], bool], timeout: float = PROPAGATION, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout:g}s")
+        time.sleep(0.05)
+
+
+def names(proxy_url: str, n: int) -> list[str]:
+    with httpx.Client(trust_env=False, timeout=10) as c:
+        return [c.get(f"{proxy_url}/").headers["x-upstream-name"] for _ in range(n)]
+
+
+def config(state: dict[str, Any], *servers: str, **group: Any) -> dict[str, Any]:
+    return {"upstreams": {"app": {"servers": list(servers), **group}}, "state": state}
+
+
+def server_ids(inst: RunningInstance) -> list[str]:
+    return [s["id"] for s in inst.api.get("/api/v1/upstreams/app").json()["servers"]]
+
+
+def test_a_server_added_on_one_instance_takes_traffic_through_the_other(
+        redis_server: RedisServer, prefix: str, make_instance: Make, make_upstream: MakeUpstream) -> None:
+    a, b = make_upstream(name="a"), make_upstream(name="b")
+    state = redis_state(redis_server, prefix)
+    one, two = make_instance(config(state, a.url)), make_instance(config(state, a.url))
+    assert set(names(two.url, 3)) == {"a"}
+    r = one.api.post("/api/v1/upstreams/app/servers", json={"url": b.url, "weight": 1})
+    assert r.status_code == 201
+    wait_until(lambda: "b" in names(two.url, 4), what="instance two sending to the added server")
+    assert set(names(two.url, 6)) == {"a", "b"}
+    assert two.api.get("/api/v1/changes").json()["added"] == [
+        {"upstream": "app", "id": b.id, "url": b.url, "weight": 1}]
+
+
+def test_weight_drain_and_removal_propagate_both_ways(
+        redis_server: RedisServer, prefix: str, make_instance: Make, make_upstream: MakeUpstream) -> None:
+    a, b = make_upstream(name="a"), make_upstream(name="b")
+    state = redis_state(redis_server, prefix)
+    one = make_instance(config(state, a.url, b.url, balance="weighted_round_robin"))
+    two = make_instance(config(state, a.url, b.url, balance="weighted_round_robin"))
+    assert one.api.patch(f"/api/v1/upstreams/app/servers/{b.id}", json={"weight": 3}).status_code == 200
+    wait_until(lambda: names(two.url, 8).count("b") == 6, what="the new weight on instance two")
+    assert two.api.patch(f"/api/v1/upstreams/app/servers/{b.id}", json={"state": "draining"}).status_code == 200
+    wait_until(lambda: set(names(one.url, 6)) == {"a"}, what="the drain on instance one")
+    server = next(s for s in one.api.get("/api/v1/upstreams/app").json()["servers"] if s["id"] == b.id)
+    assert server["state"] == "draining" and server["weight"] == 3
+    assert one.api.delete(f"/api/v1/upstreams/app/servers/{a.id}").status_code == 202
+    wait_until(lambda: server_ids(two) == [b.id], what="the removal on instance two")
+    wait_until(lambda: server_ids(one) == [b.id], what="the removal on instance one")
+
+
+def test_an_instance_started_later_loads_the_current_state(
+        redis_server: RedisServer, prefix: str, make_instance: Make, make_upstream: MakeUpstream) -> None:
+    a, b = make_upstream(name="a"), make_upstream(name="b")
+    state = redis_state(redis_server, prefix)
+    one = make_instance(config(state, a.url))
+    assert one.api.post("/api/v1/upstreams/app/servers", json={"url": b.url}).status_code == 201
+    assert one.api.patch(f"/api/v1/upstreams/app/servers/{a.id}", json={"state": "disabled"}).status_code == 200
+    later = make_instance(config(state, a.url))
+    # loaded before it took traffic: its very first requests already follow the changes
+    assert set(names(later.url, 4)) == {"b"}
+    assert later.api.get("/api/v1/changes").json() == one.api.get("/api/v1/changes").json()
+
+
+def test_a_shared_rate_limit_holds_across_instances(
+        redis_server: RedisServer, prefix: str, make_instance: Make, make_upstream: MakeUpstream) -> None:
+    up = make_upstream(name="up")
+    state = redis_state(redis_server, prefix)
+    limited = {**config(state, up.url), "routes": [{"name": "api", "match": {"path_prefix": "/"}, "upstream": "app",
+                                                    "middleware": [{"rate_limit": {"rate": "1/h", "burst": 5,
+                                                                                   "key": "route", "shared": True}}]}]}
+    one, two = make_instance(limited), make_instance(limited)
+    allowed = {one.url: 0, two.url: 0}
+    refused = {one.url: 0, two.url: 0}
+    with httpx.Client(trust_env=False, timeout=10) as c:
+        for _ in range(8):
+            for inst in (one, two):
+                r = c.get(f"{inst.url}/")
+                if r.status_code == 200:
+                    allowed[inst.url] += 1
+                else:
+                    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+                    refused[inst.url] += 1
+    # one bucket of 5 for both (each alone would let 5 through: 10 in all)
+    assert sum(allowed.values()) == 5
+    assert all(allowed.values()) and all(refused.values())
+    ttl = int(redis_server.command("PTTL", f"{prefix}:rl:api#0:api").strip(b":\r\n"))
+    assert 0 < ttl <= 5 * 3600 * 1000 + 1000  # the bucket's key expires once it would be full again
+
+
+def test_both_keep_serving_without_redis_and_converge_when_it_returns(
+        own_redis: RedisServer, prefix: str, make_instance: Make, make_upstream: MakeUpstream) -> None:
+    a, b, c = make_upstream(name="a"), make_upstream(name="b"), make_upstream(name="c")
+    state = redis_state(own_redis, prefix)
+    limited = {**config(state, a.url), "routes": [{"match": {"path_prefix": "/"}, "upstream": "app", "middleware": [
+        {"rate_limit": {"rate": "1000/s", "burst": 1000, "key": "route", "shared": True}}]}]}
+    one, two = make_instance(limited), make_instance(limited)
+    assert one.api.post("/api/v1/upstreams/app/servers", json={"url": b.url}).status_code == 201
+    wait_until(lambda: "b" in names(two.url, 4), what="the added server on instance two")
+
+    own_redis.stop()
+    for inst in (one, two):  # the shared limit falls back to memory; the last state stays in force
+        assert set(names(inst.url, 6)) == {"a", "b"}
+
+    own_redis.start()  # same port, empty: it kept nothing
+    # each instance catches up and writes its state back; then a change made now reaches both
+    wait_until(lambda: b"added" in own_redis.command("GET", f"{prefix}:overlay"), what="the state written back")
+
+    def change_reaches_both() -> bool:
+        one.api.post("/api/v1/upstreams/app/servers", json={"url": c.url})
+        return all(c.id in server_ids(inst) for inst in (one, two))
+
+    wait_until(change_reaches_both, what="a change after the restart on both instances")
+    for inst in (one, two):
+        assert set(names(inst.url, 9)) == {"a", "b", "c"}
