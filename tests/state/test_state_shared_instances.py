@@ -90,7 +90,7 @@ def test_a_shared_rate_limit_holds_across_instances(
     state = redis_state(redis_server, prefix)
     limited = {**config(state, up.url), "routes": [{"name": "api", "match": {"path_prefix": "/"}, "upstream": "app",
                                                     "middleware": [{"rate_limit": {"rate": "1/h", "burst": 5,
-                                                                                   "key": "route", "shared": True}}]}]}
+                                                                                   "shared": True}}]}]}
     one, two = make_instance(limited), make_instance(limited)
     allowed = {one.url: 0, two.url: 0}
     refused = {one.url: 0, two.url: 0}
@@ -106,7 +106,7 @@ def test_a_shared_rate_limit_holds_across_instances(
     # one bucket of 5 for both (each alone would let 5 through: 10 in all)
     assert sum(allowed.values()) == 5
     assert all(allowed.values()) and all(refused.values())
-    ttl = int(redis_server.command("PTTL", f"{prefix}:rl:api#0:api").strip(b":\r\n"))
+    ttl = int(redis_server.command("PTTL", f"{prefix}:rl:api#0:127.0.0.1").strip(b":\r\n"))  # key: ip
     assert 0 < ttl <= 5 * 3600 * 1000 + 1000  # the bucket's key expires once it would be full again
 
 
@@ -135,3 +135,45 @@ def test_both_keep_serving_without_redis_and_converge_when_it_returns(
     wait_until(change_reaches_both, what="a change after the restart on both instances")
     for inst in (one, two):
         assert set(names(inst.url, 9)) == {"a", "b", "c"}
+
+
+def test_a_change_made_while_redis_is_down_is_written_when_it_returns(
+        own_redis: RedisServer, prefix: str, make_instance: Make, make_upstream: MakeUpstream) -> None:
+    a, b = make_upstream(name="a"), make_upstream(name="b")
+    state = redis_state(own_redis, prefix)
+    one, two = make_instance(config(state, a.url)), make_instance(config(state, a.url))
+    own_redis.stop()
+    r = one.api.post("/api/v1/upstreams/app/servers", json={"url": b.url})
+    assert r.status_code == 201  # applied here at once
+    assert set(names(one.url, 4)) == {"a", "b"}
+    assert set(names(two.url, 4)) == {"a"}  # the other cannot hear of it yet
+    own_redis.start()
+    wait_until(lambda: b.id in server_ids(two), what="the change made meanwhile reaching instance two")
+    assert set(names(two.url, 4)) == {"a", "b"}
+
+
+def test_an_instance_started_while_redis_is_down_catches_up_when_it_answers(
+        own_redis: RedisServer, prefix: str, make_instance: Make, make_upstream: MakeUpstream) -> None:
+    a, b = make_upstream(name="a"), make_upstream(name="b")
+    state = redis_state(own_redis, prefix)
+    own_redis.stop()
+    lonely = make_instance(config(state, a.url))  # starts on its file's config, without waiting for Redis
+    assert set(names(lonely.url, 3)) == {"a"}
+    own_redis.start()
+    other = make_instance(config(state, a.url))
+    assert other.api.post("/api/v1/upstreams/app/servers", json={"url": b.url}).status_code == 201
+    wait_until(lambda: b.id in server_ids(lonely), what="the first instance hearing of the change")
+
+
+def test_a_stored_state_that_cannot_be_read_is_ignored(
+        redis_server: RedisServer, prefix: str, make_instance: Make, make_upstream: MakeUpstream) -> None:
+    a, b = make_upstream(name="a"), make_upstream(name="b")
+    state = redis_state(redis_server, prefix)
+    redis_server.command("SET", f"{prefix}:overlay", "not json")
+    one = make_instance(config(state, a.url))
+    assert set(names(one.url, 3)) == {"a"}
+    redis_server.command("PUBLISH", f"{prefix}:changes", '{"version": 99, "origin": "x", "overlay": {"added": 1}}')
+    assert set(names(one.url, 3)) == {"a"}
+    two = make_instance(config(state, a.url))
+    assert two.api.post("/api/v1/upstreams/app/servers", json={"url": b.url}).status_code == 201
+    wait_until(lambda: b.id in server_ids(one), what="a good change after the bad ones")

@@ -50,6 +50,16 @@ def check_redis_url(url: str) -> str:
     return text
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``, for logs and listings."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
 def _problem(key: str, message: str, value: object) -> ValidationError:
     """A problem at ``state.<key>`` raised from the model's own validator (as ``schema.fail`` does)."""
     details: list[InitErrorDetails] = [
@@ -91,4 +101,6 @@ class StateBackend(BaseModel):
         return self
 
     def describe(self) -> str:
-        return "memory" if self.backend == "memory" else f"redis {self.url} (prefix {self.prefix})"
+        if self.backend == "memory" or self.url is None:
+            return "memory"
+        return f"redis {redact_url(self.url)} (prefix {self.prefix})"

@@ -31,7 +31,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from fulcrum.config.state import StateBackend
+from fulcrum.config.state import StateBackend, redact_url
 
 log = logging.getLogger("fulcrum.state")
 
@@ -111,7 +111,7 @@ class Outage:
 
     def __init__(self, what: str, url: str) -> None:
         self.what = what
-        self.url = url
+        self.url = redact_url(url)
         self.down = False
 
     def lost(self, err: BaseException) -> None:
@@ -135,8 +135,9 @@ class SharedOverlay:
 
     ``changed(data)`` records a change made here (no I/O: the background task writes it, at once when
     Redis is there, else when it is back). Another instance's change comes to ``on_remote``, which
-    should take its lock and ask ``accept(version, data)`` before applying: a change made here and not yet
-    written, or a version not newer than the one this instance has, is not to be applied.
+    should take its lock, ask ``accept(version)`` before applying (a change made here and not yet written,
+    or a version not newer than the one this instance has, is not to be applied) and tell ``applied``
+    after.
 
     Catching up (at start and after every reconnect): a change made here while Redis was unreachable
     is written then, replacing whatever is stored (last writer wins); else the stored state is
@@ -145,7 +146,7 @@ class SharedOverlay:
     """
 
     def __init__(self, url: str, prefix: str, on_remote: OnRemote) -> None:
-        self.url = url
+        self.url = redact_url(url)  # for logs
         self.key = f"{prefix}:overlay"
         self.version_key = f"{prefix}:overlay:version"
         self.channel = f"{prefix}:changes"
@@ -158,6 +159,7 @@ class SharedOverlay:
         self._dirty = 0  # > 0: a change made here is not written yet (a count, so a newer one is not lost)
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()  # the first catch-up is done
+        self._tried = asyncio.Event()  # the first attempt is over (caught up, or failed)
         self._outage = Outage("serving with the last state", url)
         self._task: asyncio.Task[None] | None = None
 
@@ -166,11 +168,14 @@ class SharedOverlay:
         return self._ready.is_set() and not self._outage.down
 
     async def start(self, wait: float = CONNECT_TIMEOUT + REPLY_TIMEOUT) -> bool:
-        """Start the background task and wait up to ``wait`` seconds for the stored state; True when it came."""
+        """Start the background task and wait, up to ``wait`` seconds, for its first attempt to load the stored
+        state; True when it did."""
         self._task = asyncio.get_running_loop().create_task(self._run())
         try:
-            await asyncio.wait_for(asyncio.shield(self._ready.wait()), wait)
+            await asyncio.wait_for(self._tried.wait(), wait)
         except TimeoutError:
+            pass
+        if not self._ready.is_set():
             log.warning("state backend: no answer from Redis at %s yet; starting with the file's config and the "
                         "runtime changes will be loaded when it answers", self.url)
             return False
@@ -182,14 +187,14 @@ class SharedOverlay:
         self._dirty += 1
         self._wake.set()
 
-    def accept(self, version: int, data: dict[str, Any]) -> bool:
-        """Whether the state ``data`` of ``version`` from Redis is to be applied now (ask under the applier's
-        lock); when it is, it becomes the state this instance has."""
-        if self._dirty or version <= self.version:
-            return False
+    def accept(self, version: int) -> bool:
+        """Whether the state of ``version`` from Redis is to be applied now (ask under the applier's lock)."""
+        return not self._dirty and version > self.version
+
+    def applied(self, version: int, data: dict[str, Any]) -> None:
+        """The state ``data`` of ``version`` is in force here now (a state that could not be applied is not)."""
         self.version = version
         self._data = data
-        return True
 
     async def close(self) -> None:
         if self._task is not None:
@@ -209,6 +214,7 @@ class SharedOverlay:
                 await self._session(backoff)
             except FAILURES as err:
                 self._outage.lost(err)
+                self._tried.set()
             except Exception:  # a bug must not end the sharing for good
                 log.exception("state backend: error while sharing state through Redis at %s", self.url)
             await asyncio.sleep(backoff.delay())
@@ -221,6 +227,7 @@ class SharedOverlay:
             self._outage.back()
             backoff.reset()
             self._ready.set()
+            self._tried.set()
             reader = asyncio.ensure_future(self._read(pubsub))
             writer = asyncio.ensure_future(self._write_changes())
             try:
@@ -312,7 +319,7 @@ class RedisBuckets:
     """
 
     def __init__(self, url: str, prefix: str) -> None:
-        self.url = url
+        self.url = redact_url(url)  # for logs
         self.prefix = f"{prefix}:rl:"
         self._client = connect(url)
         self._script = self._client.register_script(_TAKE_TOKEN)

@@ -20,6 +20,7 @@ from typing import Any
 
 from fulcrum.config import Config, ConfigError, load_config
 from fulcrum.config.schema import ServerSpec
+from fulcrum.config.state import redact_url
 from fulcrum.proxy.context import Metrics, Stats
 from fulcrum.proxy.server import ProxyServer
 from fulcrum.state.changes import ChangeError, Key, Overlay, State, server_id
@@ -73,9 +74,12 @@ class Control:
         return self.server.tcp.groups
 
     def running_config(self) -> dict[str, Any]:
-        """The file's config as JSON data (the admin token left out), for ``fulcrum check --admin``."""
+        """The file's config as JSON data (the admin token and any Redis password left out), for ``fulcrum check
+        --admin``."""
         data: dict[str, Any] = self.file_config.model_dump(mode="json")
         data["admin"]["token"] = None
+        if data["state"]["url"] is not None:
+            data["state"]["url"] = redact_url(data["state"]["url"])  # a Redis password stays in the file
         return data
 
     def changes(self) -> dict[str, Any]:
@@ -220,7 +224,7 @@ class Control:
     async def _on_shared(self, version: int, data: dict[str, Any]) -> None:
         """Another instance's runtime changes (or the stored ones): they replace this instance's overlay."""
         async with self._lock:
-            if self.shared is None or not self.shared.accept(version, data):
+            if self.shared is None or not self.shared.accept(version):
                 return
             previous = self.overlay
             try:
@@ -231,6 +235,7 @@ class Control:
                 log.error("state backend: runtime changes of version %d not applied, the running ones stay: %s",
                           version, err)
                 return
+            self.shared.applied(version, data)
             log.info("state backend: applied the shared runtime changes (version %d)", version)
             if self.overlay.removing:
                 self._watch_removals()

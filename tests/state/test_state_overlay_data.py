@@ -1,0 +1,45 @@
+"""The overlay of runtime changes as plain data: what one instance stores in Redis, another reads back."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from fulcrum.state.changes import Overlay
+
+
+def test_an_overlay_reads_back_from_its_data() -> None:
+    overlay = Overlay()
+    overlay.add("app", "http://10.0.0.5:8080", 3)
+    overlay.add("api", "https://[::1]:8443", 1)
+    overlay.set_weight(("app", "10.0.0.1:80"), 7)
+    overlay.set_state(("app", "10.0.0.2:80"), "disabled")
+    overlay.set_state(("api", "10.0.0.3:80"), "draining")
+    overlay.remove(("app", "10.0.0.4:80"))
+    overlay.remove(("app", "10.0.0.6:80"))
+    overlay.finish_removal(("app", "10.0.0.6:80"))
+    data = json.loads(json.dumps(overlay.describe()))  # as it travels
+    again = Overlay.from_data(data)
+    assert again == overlay
+    assert again.describe() == overlay.describe()
+
+
+def test_an_empty_overlay_and_missing_parts() -> None:
+    assert Overlay.from_data({}) == Overlay()
+    assert Overlay.from_data(Overlay().describe()) == Overlay()
+
+
+@pytest.mark.parametrize("data", [
+    {"added": [{"upstream": "app", "id": "h:1", "url": "http://h:1"}]},
+    {"weights": [{"upstream": "app", "id": "h:1", "weight": 0}]},
+    {"weights": [{"upstream": "app", "id": "h:1", "weight": True}]},
+    {"states": [{"upstream": "app", "id": "h:1", "state": "asleep"}]},
+    {"removed": [{"upstream": "app"}]},
+    {"removing": "app"},
+    {"added": [7]},
+])
+def test_data_that_is_not_an_overlay_is_refused(data: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Overlay.from_data(data)
