@@ -89,3 +89,19 @@ async def test_buckets_go_back_to_redis_when_it_returns(own_redis: RedisServer, 
         assert any("reachable again" in r.getMessage() for r in caplog.records)
     finally:
         await store.close()
+
+
+async def test_takes_made_together_go_in_one_call_and_still_count_one_by_one(
+        redis_server: RedisServer, prefix: str) -> None:
+    one, two = RedisBuckets(redis_server.url, prefix), RedisBuckets(redis_server.url, prefix)
+    try:
+        a, b = StoreBuckets(one, 1 / 3600, 10, "r#0"), StoreBuckets(two, 1 / 3600, 10, "r#0")
+        waits = await asyncio.gather(*(bucket.take_shared(key, 0.0) for _ in range(15) for bucket in (a, b)
+                                       for key in ("k1", "k2")))
+        by_key = {key: [w for i, w in enumerate(waits) if i % 2 == n] for n, key in enumerate(("k1", "k2"))}
+        for key, answers in by_key.items():
+            assert answers.count(0.0) == 10, key  # 30 takes of one key at once: exactly the burst passes
+            assert all(w > 0 for w in answers if w != 0.0)
+    finally:
+        await one.close()
+        await two.close()

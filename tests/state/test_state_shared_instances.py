@@ -81,7 +81,9 @@ def test_an_instance_started_later_loads_the_current_state(
     later = make_instance(config(state, a.url))
     # loaded before it took traffic: its very first requests already follow the changes
     assert set(names(later.url, 4)) == {"b"}
-    assert later.api.get("/api/v1/changes").json() == one.api.get("/api/v1/changes").json()
+    theirs, ours = later.api.get("/api/v1/changes").json(), one.api.get("/api/v1/changes").json()
+    assert theirs == ours
+    assert theirs["shared"] == {"backend": "redis", "version": 2, "connected": True}  # two changes: version 2
 
 
 def test_a_shared_rate_limit_holds_across_instances(

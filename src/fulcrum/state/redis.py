@@ -42,7 +42,7 @@ REPLY_TIMEOUT = 1.0
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 3.0
 #: Connections per pool; a request needing one more waits for one to be free.
-MAX_CONNECTIONS = 32
+MAX_CONNECTIONS = 64
 
 #: Apply a change: writes the document (version from INCR, origin, overlay) and publishes it, in one step.
 _WRITE_STATE = """
@@ -53,23 +53,33 @@ redis.call('PUBLISH', ARGV[3], doc)
 return version
 """
 
-#: One token from a bucket (the GCRA form of a token bucket, as ``TokenBuckets``): the value is the moment,
-#: in microseconds of Redis's clock, the bucket is full again. Returns 0 when allowed, else the microseconds
-#: to wait. The key expires once the bucket is full again, so idle buckets vanish.
-_TAKE_TOKEN = """
+#: One token from each bucket named in KEYS (the GCRA form of a token bucket, as ``TokenBuckets``), in order,
+#: with ARGV holding (interval, burst, slack) per key: a bucket's value is the moment, in microseconds of Redis's
+#: clock, it is full again. Answers per key 0 when allowed, else the microseconds to wait. A key expires once its
+#: bucket is full again, so idle buckets vanish. A key named twice is taken from twice, one after the other.
+_TAKE_TOKENS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local slack = tonumber(ARGV[3])
-local full_at = tonumber(redis.call('GET', KEYS[1])) or now
-if full_at < now then full_at = now end
-local after = full_at + interval
-local wait = after - now - burst
-if wait > slack then return math.ceil(wait) end
-redis.call('SET', KEYS[1], string.format('%.0f', after), 'PX', math.ceil((after - now) / 1000) + 1000)
-return 0
+local waits = {}
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[3 * i - 2])
+  local burst = tonumber(ARGV[3 * i - 1])
+  local slack = tonumber(ARGV[3 * i])
+  local full_at = tonumber(redis.call('GET', KEYS[i])) or now
+  if full_at < now then full_at = now end
+  local after = full_at + interval
+  local wait = after - now - burst
+  if wait > slack then
+    waits[i] = math.ceil(wait)
+  else
+    redis.call('SET', KEYS[i], string.format('%.0f', after), 'PX', math.ceil((after - now) / 1000) + 1000)
+    waits[i] = 0
+  end
+end
+return waits
 """
+#: The most takes sent in one script call.
+MAX_BATCH = 256
 
 #: What an unreachable or failing Redis raises (OSError: a socket error not wrapped by redis-py).
 FAILURES = (RedisError, OSError)
@@ -311,7 +321,11 @@ def _has_changes(data: dict[str, Any]) -> bool:
 
 
 class RedisBuckets:
-    """Token buckets kept in Redis (``rate_limit`` with ``shared: true``): one atomic script call per take.
+    """Token buckets kept in Redis (``rate_limit`` with ``shared: true``), taken atomically by a Lua script.
+
+    Every take is answered by Redis, never guessed here, so the instances together never let more
+    through than one bucket would. The takes made in one turn of the event loop (the requests of
+    that turn) go together in one script call: one round trip for all of them, not one each.
 
     ``take`` answers None, without any I/O, while Redis is known to be unreachable: the caller then
     uses its own memory bucket. The first failure is logged; a background probe reconnects with
@@ -322,9 +336,11 @@ class RedisBuckets:
         self.url = redact_url(url)  # for logs
         self.prefix = f"{prefix}:rl:"
         self._client = connect(url)
-        self._script = self._client.register_script(_TAKE_TOKEN)
+        self._script = self._client.register_script(_TAKE_TOKENS)
         self._outage = Outage("shared rate limits count in each instance's memory meanwhile", url)
         self._probe: asyncio.Task[None] | None = None
+        self._batch: list[tuple[str, float, float, float, asyncio.Future[float | None]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
 
     @property
     def up(self) -> bool:
@@ -334,12 +350,34 @@ class RedisBuckets:
         """Take a token from the bucket ``key``: 0.0 allowed, else seconds to wait; None when Redis is not there."""
         if self._outage.down:
             return None
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[float | None] = loop.create_future()
+        if not self._batch:
+            loop.call_soon(self._send)
+        self._batch.append((self.prefix + key, interval_us, burst_us, slack_us, answer))
+        return await answer
+
+    def _send(self) -> None:
+        batch, self._batch = self._batch, []
+        loop = asyncio.get_running_loop()
+        for i in range(0, len(batch), MAX_BATCH):
+            task = loop.create_task(self._take_all(batch[i:i + MAX_BATCH]))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _take_all(self, batch: list[tuple[str, float, float, float, asyncio.Future[float | None]]]) -> None:
+        args: list[float] = []
+        for _, interval_us, burst_us, slack_us, _ in batch:
+            args += (interval_us, burst_us, slack_us)
         try:
-            wait = await self._script(keys=[self.prefix + key], args=[interval_us, burst_us, slack_us])
+            waits = await self._script(keys=[item[0] for item in batch], args=args)
         except FAILURES as err:
             self._lost(err)
-            return None
-        return int(wait) / 1e6
+            waits = [None] * len(batch)
+        for item, wait in zip(batch, waits, strict=True):
+            answer = item[4]
+            if not answer.done():  # its request may have gone meanwhile
+                answer.set_result(None if wait is None else int(wait) / 1e6)
 
     def _lost(self, err: BaseException) -> None:
         self._outage.lost(err)
@@ -358,8 +396,9 @@ class RedisBuckets:
             return
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
+        for task in [self._probe, *self._sending]:
+            if task is not None:
+                task.cancel()
         await self._client.aclose(close_connection_pool=True)
 
 

@@ -83,7 +83,11 @@ class Control:
         return data
 
     def changes(self) -> dict[str, Any]:
-        return self.overlay.describe()
+        """The overlay (``GET /api/v1/changes``), and with a shared state the version this instance has."""
+        data = self.overlay.describe()
+        if self.shared is not None:
+            data["shared"] = {"backend": "redis", "version": self.shared.version, "connected": self.shared.connected}
+        return data
 
     def server_state(self, group: str, server: Server) -> State:
         return self.overlay.state((group, server.id))
