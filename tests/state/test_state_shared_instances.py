@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
+from fulcrum.state.redis import REPLY_TIMEOUT
 from tests.admin.harness import RunningInstance
 from tests.state.conftest import redis_state
 from tests.support.redisserver import RedisServer
@@ -179,3 +182,16 @@ def test_a_stored_state_that_cannot_be_read_is_ignored(
     two = make_instance(config(state, a.url))
     assert two.api.post("/api/v1/upstreams/app/servers", json={"url": b.url}).status_code == 201
     wait_until(lambda: b.id in server_ids(one), what="a good change after the bad ones")
+
+
+def test_a_quiet_channel_is_not_taken_for_a_lost_redis(
+        redis_server: RedisServer, prefix: str, make_instance: Make, make_upstream: MakeUpstream,
+        caplog: pytest.LogCaptureFixture) -> None:
+    a, b = make_upstream(name="a"), make_upstream(name="b")
+    state = redis_state(redis_server, prefix)
+    with caplog.at_level(logging.INFO, logger="fulcrum.state"):
+        one, two = make_instance(config(state, a.url)), make_instance(config(state, a.url))
+        time.sleep(REPLY_TIMEOUT * 2)  # nothing published for longer than a reply may take
+        assert one.api.post("/api/v1/upstreams/app/servers", json={"url": b.url}).status_code == 201
+        wait_until(lambda: b.id in server_ids(two), what="the change on instance two")
+    assert not [r for r in caplog.records if "unreachable" in r.getMessage()]

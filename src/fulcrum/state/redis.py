@@ -85,16 +85,20 @@ MAX_BATCH = 256
 FAILURES = (RedisError, OSError)
 
 
-def connect(url: str) -> Redis:
-    """A client of ``url`` that fails fast (short timeouts, no retries of its own: the callers back off)."""
+def connect(url: str, reply_timeout: float | None = REPLY_TIMEOUT, max_connections: int = MAX_CONNECTIONS) -> Redis:
+    """A client of ``url`` that fails fast (short timeouts, no retries of its own: the callers back off).
+
+    ``reply_timeout=None`` is for a pub/sub subscriber, which waits for messages as long as there are
+    none; TCP keepalive still notices a peer that vanished.
+    """
     pool = BlockingConnectionPool.from_url(
         url,
-        max_connections=MAX_CONNECTIONS,
-        timeout=REPLY_TIMEOUT,
+        max_connections=max_connections,
+        timeout=CONNECT_TIMEOUT,
         socket_connect_timeout=CONNECT_TIMEOUT,
-        socket_timeout=REPLY_TIMEOUT,
+        socket_timeout=reply_timeout,
+        socket_keepalive=True,
         retry=Retry(NoBackoff(), 0),
-        health_check_interval=10,
     )
     return Redis(connection_pool=pool)
 
@@ -163,7 +167,8 @@ class SharedOverlay:
         self.origin = uuid.uuid4().hex
         self.on_remote = on_remote
         self.version = 0  # of the state this instance has (0: none from Redis yet)
-        self._client = connect(url)
+        self._client = connect(url, max_connections=4)
+        self._subscriber = connect(url, reply_timeout=None, max_connections=4)
         self._write = self._client.register_script(_WRITE_STATE)
         self._data: dict[str, Any] | None = None  # the state this instance has, as last written or applied
         self._dirty = 0  # > 0: a change made here is not written yet (a count, so a newer one is not lost)
@@ -214,6 +219,7 @@ class SharedOverlay:
             except asyncio.CancelledError:
                 pass
         await self._client.aclose(close_connection_pool=True)
+        await self._subscriber.aclose(close_connection_pool=True)
 
     # -- the background task ----------------------------------------------------------
 
@@ -230,7 +236,7 @@ class SharedOverlay:
             await asyncio.sleep(backoff.delay())
 
     async def _session(self, backoff: Backoff) -> None:
-        pubsub = self._client.pubsub()
+        pubsub = self._subscriber.pubsub()
         try:
             await pubsub.subscribe(self.channel)  # first: nothing published after the catch-up's read is missed
             await self._catch_up()
