@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fulcrum.state.changes import Overlay
 
@@ -43,3 +45,32 @@ def test_an_empty_overlay_and_missing_parts() -> None:
 def test_data_that_is_not_an_overlay_is_refused(data: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         Overlay.from_data(data)
+
+
+_KEYS = st.tuples(st.sampled_from(["app", "api"]), st.sampled_from(["10.0.0.1:80", "10.0.0.2:80", "[::1]:8080"]))
+_OPS = st.one_of(
+    st.tuples(st.just("add"), _KEYS, st.integers(1, 1000)),
+    st.tuples(st.just("weight"), _KEYS, st.integers(1, 1000)),
+    st.tuples(st.just("state"), _KEYS, st.sampled_from(["enabled", "disabled", "draining"])),
+    st.tuples(st.just("remove"), _KEYS, st.just(0)),
+    st.tuples(st.just("finish"), _KEYS, st.just(0)),
+)
+
+
+@given(st.lists(_OPS, max_size=30))
+def test_any_sequence_of_changes_reads_back_the_same(ops: list[tuple[str, tuple[str, str], Any]]) -> None:
+    overlay = Overlay()
+    for op, key, value in ops:
+        if op == "add":
+            host = key[1]
+            overlay.add(key[0], f"http://{host}", value)
+        elif op == "weight":
+            overlay.set_weight(key, value)
+        elif op == "state":
+            overlay.set_state(key, value)
+        elif op == "remove":
+            overlay.remove(key)
+        elif key in overlay.removing:
+            overlay.finish_removal(key)
+    again = Overlay.from_data(json.loads(json.dumps(overlay.describe())))
+    assert again == overlay
