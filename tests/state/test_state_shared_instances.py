@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from fulcrum.state.redis import REPLY_TIMEOUT
-from tests.admin.harness import RunningInstance
+from tests.admin.harness import TOKEN, RunningInstance, write_config
 from tests.state.conftest import redis_state
 from tests.support.redisserver import RedisServer
 from tests.support.upstream import UpstreamServer
@@ -195,3 +195,21 @@ def test_a_quiet_channel_is_not_taken_for_a_lost_redis(
         assert one.api.post("/api/v1/upstreams/app/servers", json={"url": b.url}).status_code == 201
         wait_until(lambda: b.id in server_ids(two), what="the change on instance two")
     assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
+
+
+def test_a_reload_keeps_the_shared_changes_and_the_backend_in_use(
+        redis_server: RedisServer, prefix: str, make_instance: Make, make_upstream: MakeUpstream,
+        caplog: pytest.LogCaptureFixture) -> None:
+    a, b, c = make_upstream(name="a"), make_upstream(name="b"), make_upstream(name="c")
+    state = redis_state(redis_server, prefix)
+    one, two = make_instance(config(state, a.url)), make_instance(config(state, a.url))
+    assert one.api.post("/api/v1/upstreams/app/servers", json={"url": b.url}).status_code == 201
+    wait_until(lambda: b.id in server_ids(two), what="the added server on instance two")
+    # instance two's file now names another backend: refused for now, said in the log, sharing goes on
+    write_config(two.path, {"admin": {"listen": "127.0.0.1:0", "token": TOKEN}, **config({"backend": "memory"}, a.url)})
+    with caplog.at_level(logging.WARNING, logger="fulcrum"):
+        assert two.api.post("/api/v1/reload").status_code == 200
+    assert any("takes effect at the next start" in r.getMessage() for r in caplog.records)
+    assert server_ids(two) == [a.id, b.id]  # the runtime change outlives the reload
+    assert one.api.post("/api/v1/upstreams/app/servers", json={"url": c.url}).status_code == 201
+    wait_until(lambda: c.id in server_ids(two), what="a change after the reload on instance two")
