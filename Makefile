@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_ws.py
 	$(PY) benchmarks/bench_tcp.py
 	$(PY) benchmarks/bench_h2.py
+	$(PY) benchmarks/bench_shared_limit.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

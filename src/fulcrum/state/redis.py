@@ -78,8 +78,10 @@ for i = 1, #KEYS do
 end
 return waits
 """
-#: The most takes sent in one script call.
+#: The most takes sent in one script call, and the most calls out at once: under load the takes that come
+#: while calls are out wait for the next, so the busier the proxy, the more takes each round trip carries.
 MAX_BATCH = 256
+MAX_IN_FLIGHT = 2
 
 #: What an unreachable or failing Redis raises (OSError: a socket error not wrapped by redis-py).
 FAILURES = (RedisError, OSError)
@@ -326,6 +328,16 @@ def _has_changes(data: dict[str, Any]) -> bool:
     return any(data.get(part) for part in ("added", "weights", "states", "removing", "removed"))
 
 
+#: One take waiting for its answer: (key, interval, burst, slack, the answer).
+_Take = tuple[str, float, float, float, "asyncio.Future[float | None]"]
+
+
+def _answer(batch: list[_Take], wait: float | None) -> None:
+    for item in batch:
+        if not item[4].done():
+            item[4].set_result(wait)
+
+
 class RedisBuckets:
     """Token buckets kept in Redis (``rate_limit`` with ``shared: true``), taken atomically by a Lua script.
 
@@ -345,7 +357,9 @@ class RedisBuckets:
         self._script = self._client.register_script(_TAKE_TOKENS)
         self._outage = Outage("shared rate limits count in each instance's memory meanwhile", url)
         self._probe: asyncio.Task[None] | None = None
-        self._batch: list[tuple[str, float, float, float, asyncio.Future[float | None]]] = []
+        self._batch: list[_Take] = []  # takes not sent yet
+        self._scheduled = False  # a _send is due in this turn of the loop
+        self._in_flight = 0  # script calls sent and not answered
         self._sending: set[asyncio.Task[None]] = set()
 
     @property
@@ -358,32 +372,44 @@ class RedisBuckets:
             return None
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[float | None] = loop.create_future()
-        if not self._batch:
-            loop.call_soon(self._send)
         self._batch.append((self.prefix + key, interval_us, burst_us, slack_us, answer))
+        if not self._scheduled and self._in_flight < MAX_IN_FLIGHT:
+            self._scheduled = True
+            loop.call_soon(self._send)
         return await answer
 
     def _send(self) -> None:
-        batch, self._batch = self._batch, []
+        """Send what waits, in calls of at most ``MAX_BATCH`` takes, while fewer than ``MAX_IN_FLIGHT`` are out."""
+        self._scheduled = False
+        if self._outage.down:
+            batch, self._batch = self._batch, []
+            _answer(batch, None)
+            return
         loop = asyncio.get_running_loop()
-        for i in range(0, len(batch), MAX_BATCH):
-            task = loop.create_task(self._take_all(batch[i:i + MAX_BATCH]))
+        while self._batch and self._in_flight < MAX_IN_FLIGHT:
+            batch, self._batch = self._batch[:MAX_BATCH], self._batch[MAX_BATCH:]
+            self._in_flight += 1
+            task = loop.create_task(self._take_all(batch))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 
-    async def _take_all(self, batch: list[tuple[str, float, float, float, asyncio.Future[float | None]]]) -> None:
+    async def _take_all(self, batch: list[_Take]) -> None:
         args: list[float] = []
         for _, interval_us, burst_us, slack_us, _ in batch:
             args += (interval_us, burst_us, slack_us)
         try:
             waits = await self._script(keys=[item[0] for item in batch], args=args)
+            for item, wait in zip(batch, waits, strict=True):
+                if not item[4].done():  # its request may have gone meanwhile
+                    item[4].set_result(int(wait) / 1e6)
         except FAILURES as err:
             self._lost(err)
-            waits = [None] * len(batch)
-        for item, wait in zip(batch, waits, strict=True):
-            answer = item[4]
-            if not answer.done():  # its request may have gone meanwhile
-                answer.set_result(None if wait is None else int(wait) / 1e6)
+        finally:
+            _answer(batch, None)  # failed or cancelled: the memory buckets answer (answered ones are left alone)
+            self._in_flight -= 1
+            if self._batch and not self._scheduled:  # what came meanwhile goes next
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._send)
 
     def _lost(self, err: BaseException) -> None:
         self._outage.lost(err)
