@@ -39,6 +39,13 @@ def config(state: dict[str, Any], *servers: str, **group: Any) -> dict[str, Any]
     return {"upstreams": {"app": {"servers": list(servers), **group}}, "state": state}
 
 
+def failures(inst: RunningInstance) -> int:
+    """How many attempts of ``inst`` to reach Redis failed so far."""
+    shared = inst.instance.control.shared if inst.instance is not None else None
+    assert shared is not None
+    return inst.call(lambda: shared.failures)
+
+
 def server_ids(inst: RunningInstance) -> list[str]:
     return [s["id"] for s in inst.api.get("/api/v1/upstreams/app").json()["servers"]]
 
@@ -116,7 +123,9 @@ def test_a_shared_rate_limit_holds_across_instances(
 
 
 def test_both_keep_serving_without_redis_and_converge_when_it_returns(
-        own_redis: RedisServer, prefix: str, make_instance: Make, make_upstream: MakeUpstream) -> None:
+        own_redis: RedisServer, prefix: str, make_instance: Make, make_upstream: MakeUpstream,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="fulcrum.state")
     a, b, c = make_upstream(name="a"), make_upstream(name="b"), make_upstream(name="c")
     state = redis_state(own_redis, prefix)
     limited = {**config(state, a.url), "routes": [{"match": {"path_prefix": "/"}, "upstream": "app", "middleware": [
@@ -128,6 +137,9 @@ def test_both_keep_serving_without_redis_and_converge_when_it_returns(
     own_redis.stop()
     for inst in (one, two):  # the shared limit falls back to memory; the last state stays in force
         assert set(names(inst.url, 6)) == {"a", "b"}
+    wait_until(lambda: all(failures(inst) >= 3 for inst in (one, two)), what="three reconnect attempts each")
+    assert len([r for r in caplog.records if "serving with the last state" in r.getMessage()]) == 2  # one each
+    assert len([r for r in caplog.records if "count in each instance's memory" in r.getMessage()]) == 2
 
     own_redis.start()  # same port, empty: it kept nothing
     # each instance catches up and writes its state back; then a change made now reaches both

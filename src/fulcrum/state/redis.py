@@ -129,8 +129,10 @@ class Outage:
         self.what = what
         self.url = redact_url(url)
         self.down = False
+        self.failures = 0  # attempts that failed, logged or not
 
     def lost(self, err: BaseException) -> None:
+        self.failures += 1
         if not self.down:
             self.down = True
             log.warning("state backend: Redis at %s unreachable (%s: %s); %s, reconnecting", self.url,
@@ -183,6 +185,11 @@ class SharedOverlay:
     @property
     def connected(self) -> bool:
         return self._ready.is_set() and not self._outage.down
+
+    @property
+    def failures(self) -> int:
+        """Attempts to reach Redis that failed since start (one log line per outage, whatever this counts)."""
+        return self._outage.failures
 
     async def start(self, wait: float = CONNECT_TIMEOUT + REPLY_TIMEOUT) -> bool:
         """Start the background task and wait, up to ``wait`` seconds, for its first attempt to load the stored
