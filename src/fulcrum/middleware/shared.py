@@ -1,9 +1,10 @@
 """``rate_limit`` with ``shared: true`` over a store several instances share (the Redis state backend).
 
-A shared bucket is one round trip per request: the store's answer is the only one that holds
-across instances, and a local guess (a lease of tokens, a counter synced now and then) would let
-the sum of instances go over the limit. So such a route runs its chain as async middleware, and
-only such a route: ``shared: false`` limits stay plain hooks on the instance's memory.
+Every request on such a route waits for the store's answer: only that answer holds across
+instances, and a local guess (a lease of tokens, a counter synced now and then) would let the sum
+of instances go over the limit. The store may carry the takes of many requests in one round trip
+(``RedisBuckets`` does), never answer one without asking. So such a route runs its chain as async
+middleware, and only such a route: ``shared: false`` limits stay plain hooks on the instance's memory.
 
 While the store cannot be reached, each bucket falls back to a memory bucket of the same rate and
 burst in this instance (the store logs that once), and goes back to the store when it answers.

@@ -8,7 +8,8 @@ Two parts, each with its own connection pool and its own view of whether Redis i
   it subscribes, catches up with what is stored, writes what changed here and hands what changed
   elsewhere to a callback. Whole documents replace each other: the last writer wins.
 - ``RedisBuckets`` runs the shared rate limits' token buckets in Redis, atomically in a Lua script
-  on Redis's clock (``TIME``), so every instance counts against one bucket per key.
+  on Redis's clock (``TIME``: instances' clocks need not agree), so every instance counts against
+  one bucket per key; the takes of one turn of the event loop share one script call.
 
 When Redis cannot be reached each instance keeps serving with what it has (its last overlay, the
 buckets in its own memory), says so once in the log, reconnects with backoff, and says once when
