@@ -1,4 +1,4 @@
-"""The overlay of runtime changes as plain data: what one instance stores in Redis, another reads back."""
+"""The overlay of runtime changes as plain data and as the entries stored in Redis, read back by another instance."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fulcrum.state.changes import Overlay
+from fulcrum.state.redis import overlay_data, overlay_entries
 
 
 def test_an_overlay_reads_back_from_its_data() -> None:
@@ -74,3 +75,21 @@ def test_any_sequence_of_changes_reads_back_the_same(ops: list[tuple[str, tuple[
             overlay.finish_removal(key)
     again = Overlay.from_data(json.loads(json.dumps(overlay.describe())))
     assert again == overlay
+
+
+@given(st.lists(_OPS, max_size=30))
+def test_the_stored_entries_read_back_as_the_same_overlay(ops: list[tuple[str, tuple[str, str], Any]]) -> None:
+    overlay = Overlay()
+    for op, key, value in ops:
+        if op == "add":
+            overlay.add(key[0], f"http://{key[1]}", value)
+        elif op == "weight":
+            overlay.set_weight(key, value)
+        elif op == "state":
+            overlay.set_state(key, value)
+        elif op == "remove":
+            overlay.remove(key)
+        elif key in overlay.removing:
+            overlay.finish_removal(key)
+    stored = overlay_entries(overlay.describe())
+    assert Overlay.from_data(overlay_data(stored)) == overlay

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -143,7 +144,7 @@ def test_both_keep_serving_without_redis_and_converge_when_it_returns(
 
     own_redis.start()  # same port, empty: it kept nothing
     # each instance catches up and writes its state back; then a change made now reaches both
-    wait_until(lambda: b"added" in own_redis.command("GET", f"{prefix}:overlay"), what="the state written back")
+    wait_until(lambda: b"added" in own_redis.command("HGETALL", f"{prefix}:overlay"), what="the state written back")
 
     def change_reaches_both() -> bool:
         one.api.post("/api/v1/upstreams/app/servers", json={"url": c.url})
@@ -182,18 +183,21 @@ def test_an_instance_started_while_redis_is_down_catches_up_when_it_answers(
     wait_until(lambda: b.id in server_ids(lonely), what="the first instance hearing of the change")
 
 
-def test_a_stored_state_that_cannot_be_read_is_ignored(
+def test_stored_changes_that_cannot_be_read_are_left_out(
         redis_server: RedisServer, prefix: str, make_instance: Make, make_upstream: MakeUpstream) -> None:
-    a, b = make_upstream(name="a"), make_upstream(name="b")
+    a, b, c = make_upstream(name="a"), make_upstream(name="b"), make_upstream(name="c")
     state = redis_state(redis_server, prefix)
-    redis_server.command("SET", f"{prefix}:overlay", "not json")
+    redis_server.command("HSET", f"{prefix}:overlay", "app/10.9.9.9:80", "not json")
+    redis_server.command("HSET", f"{prefix}:overlay", f"app/{b.id}", json.dumps({"added": [b.url, 1]}))
+    redis_server.command("SET", f"{prefix}:overlay:version", "1")
     one = make_instance(config(state, a.url))
-    assert set(names(one.url, 3)) == {"a"}
-    redis_server.command("PUBLISH", f"{prefix}:changes", '{"version": 99, "origin": "x", "overlay": {"added": 1}}')
-    assert set(names(one.url, 3)) == {"a"}
+    assert server_ids(one) == [a.id, b.id]  # the readable entry is used, the other left out
+    redis_server.command("PUBLISH", f"{prefix}:changes", '{"version": 99, "origin": "x", "entries": 7}')
+    redis_server.command("PUBLISH", f"{prefix}:changes", "not json either")
     two = make_instance(config(state, a.url))
-    assert two.api.post("/api/v1/upstreams/app/servers", json={"url": b.url}).status_code == 201
-    wait_until(lambda: b.id in server_ids(one), what="a good change after the bad ones")
+    assert two.api.post("/api/v1/upstreams/app/servers", json={"url": c.url}).status_code == 201
+    wait_until(lambda: c.id in server_ids(one), what="a good change after the bad ones")
+    assert sorted(server_ids(one)) == sorted(server_ids(two)) == sorted([a.id, b.id, c.id])
 
 
 def test_a_quiet_channel_is_not_taken_for_a_lost_redis(
@@ -225,3 +229,35 @@ def test_a_reload_keeps_the_shared_changes_and_the_backend_in_use(
     assert server_ids(two) == [a.id, b.id]  # the runtime change outlives the reload
     assert one.api.post("/api/v1/upstreams/app/servers", json={"url": c.url}).status_code == 201
     wait_until(lambda: c.id in server_ids(two), what="a change after the reload on instance two")
+
+
+def test_changes_to_different_servers_made_apart_are_all_kept(
+        own_redis: RedisServer, prefix: str, make_instance: Make, make_upstream: MakeUpstream) -> None:
+    a, b, c = make_upstream(name="a"), make_upstream(name="b"), make_upstream(name="c")
+    state = redis_state(own_redis, prefix)
+    one, two = make_instance(config(state, a.url, b.url)), make_instance(config(state, a.url, b.url))
+    assert one.api.patch(f"/api/v1/upstreams/app/servers/{a.id}", json={"weight": 5}).status_code == 200
+    wait_until(lambda: weight_of(two, a.id) == 5, what="the first change on instance two")
+    own_redis.stop()
+    # cut off from each other, each changes a server of its own; and both change b
+    assert one.api.post("/api/v1/upstreams/app/servers", json={"url": c.url}).status_code == 201
+    assert one.api.patch(f"/api/v1/upstreams/app/servers/{b.id}", json={"weight": 2}).status_code == 200
+    assert two.api.patch(f"/api/v1/upstreams/app/servers/{a.id}", json={"state": "disabled"}).status_code == 200
+    assert two.api.patch(f"/api/v1/upstreams/app/servers/{b.id}", json={"weight": 3}).status_code == 200
+    own_redis.start()
+
+    def converged() -> bool:
+        return one.api.get("/api/v1/changes").json() == two.api.get("/api/v1/changes").json()
+
+    wait_until(converged, what="both instances with the same changes")
+    changes = one.api.get("/api/v1/changes").json()
+    assert changes["added"] == [{"upstream": "app", "id": c.id, "url": c.url, "weight": 1}]  # one's
+    assert changes["states"] == [{"upstream": "app", "id": a.id, "state": "disabled"}]  # two's
+    weights = {w["id"]: w["weight"] for w in changes["weights"]}
+    assert weights[a.id] == 5  # from before the outage
+    assert weights[b.id] in (2, 3)  # both changed b: the one written last wins
+    assert set(names(one.url, 6)) == set(names(two.url, 6)) == {"b", "c"}
+
+
+def weight_of(inst: RunningInstance, sid: str) -> int:
+    return next(int(s["weight"]) for s in inst.api.get("/api/v1/upstreams/app").json()["servers"] if s["id"] == sid)

@@ -3,10 +3,10 @@
 Two parts, each with its own connection pool and its own view of whether Redis is reachable:
 
 - ``SharedOverlay`` keeps the runtime changes of the admin API (the overlay of
-  ``fulcrum.state.changes`` as plain data) in one Redis key with a version, and pushes each new
-  version to every instance on a pub/sub channel. One background task does all of its I/O:
-  it subscribes, catches up with what is stored, writes what changed here and hands what changed
-  elsewhere to a callback. Whole documents replace each other: the last writer wins.
+  ``fulcrum.state.changes`` as plain data) in one Redis hash, an entry per server, with a version,
+  and pushes each new version to every instance on a pub/sub channel. One background task does all
+  of its I/O: it subscribes, catches up with what is stored, writes the entries of the servers
+  changed here and hands the state that results to a callback. For one server the last writer wins.
 - ``RedisBuckets`` runs the shared rate limits' token buckets in Redis, atomically in a Lua script
   on Redis's clock (``TIME``: instances' clocks need not agree), so every instance counts against
   one bucket per key; the takes of one turn of the event loop share one script call.
@@ -23,7 +23,7 @@ import json
 import logging
 import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -45,13 +45,40 @@ BACKOFF_MAX = 3.0
 #: Connections per pool; a request needing one more waits for one to be free.
 MAX_CONNECTIONS = 64
 
-#: Apply a change: writes the document (version from INCR, origin, overlay) and publishes it, in one step.
-_WRITE_STATE = """
-local version = redis.call('INCR', KEYS[2])
-local doc = '{"version":' .. version .. ',"origin":"' .. ARGV[2] .. '","overlay":' .. ARGV[1] .. '}'
-redis.call('SET', KEYS[1], doc)
-redis.call('PUBLISH', ARGV[3], doc)
-return version
+# The runtime changes are a hash (KEYS[1]): one field per server ("group/id"), its value the JSON of what
+# was changed about it; KEYS[2] counts the versions. A document is the whole hash at one version, as JSON:
+# {"version": n, "origin": "<instance>", "entries": {"group/id": "<its JSON>", ...}} (a bad entry spoils only itself).
+_DOCUMENT = """
+local function document(version, origin)
+  local all = redis.call('HGETALL', KEYS[1])
+  local parts = {}
+  for i = 1, #all, 2 do parts[#parts + 1] = cjson.encode(all[i]) .. ':' .. cjson.encode(all[i + 1]) end
+  return '{"version":' .. version .. ',"origin":' .. cjson.encode(origin) .. ',"entries":{'
+    .. table.concat(parts, ',') .. '}}'
+end
+"""
+
+#: Write the entries of the servers changed here (ARGV: origin, channel, then (how, field, value) triples: "set",
+#: "del", or "keep" to set a field only when it is not there, for a state written back), count a version and
+#: publish the whole new document, in one step; returns it.
+_WRITE_STATE = _DOCUMENT + """
+for i = 3, #ARGV, 3 do
+  if ARGV[i] == 'del' then
+    redis.call('HDEL', KEYS[1], ARGV[i + 1])
+  elseif ARGV[i] == 'keep' then
+    redis.call('HSETNX', KEYS[1], ARGV[i + 1], ARGV[i + 2])
+  else
+    redis.call('HSET', KEYS[1], ARGV[i + 1], ARGV[i + 2])
+  end
+end
+local doc = document(redis.call('INCR', KEYS[2]), ARGV[1])
+redis.call('PUBLISH', ARGV[2], doc)
+return doc
+"""
+
+#: The stored document (version 0: nothing was ever written, or Redis lost it).
+_READ_STATE = _DOCUMENT + """
+return document(tonumber(redis.call('GET', KEYS[2]) or '0'), '')
 """
 
 #: One token from each bucket named in KEYS (the GCRA form of a token bucket, as ``TokenBuckets``), in order,
@@ -152,16 +179,20 @@ OnRemote = Callable[[int, dict[str, Any]], Awaitable[None]]
 class SharedOverlay:
     """The overlay of runtime changes, stored in Redis with a version and broadcast by pub/sub.
 
+    Stored per server: a change made here writes the entries of the servers it touched (what this
+    instance changed since it last wrote or applied a state), never the others', so changes made
+    on several instances to different servers all stay, even when they were made while Redis was
+    unreachable; for one server, the last writer wins. Every write publishes the whole new state.
+
     ``changed(data)`` records a change made here (no I/O: the background task writes it, at once when
-    Redis is there, else when it is back). Another instance's change comes to ``on_remote``, which
-    should take its lock, ask ``accept(version)`` before applying (a change made here and not yet written,
-    or a version not newer than the one this instance has, is not to be applied) and tell ``applied``
-    after.
+    Redis is there, else when it is back). A state to apply comes to ``on_remote``, which should take
+    its lock, ask ``accept(version)`` before applying (a change made here and not yet written, or a
+    version not newer than the one this instance has, is not to be applied) and tell ``applied`` after.
 
     Catching up (at start and after every reconnect): a change made here while Redis was unreachable
-    is written then, replacing whatever is stored (last writer wins); else the stored state is
-    applied when its version is not the one this instance has; and a Redis that lost everything
-    (restarted without persistence) gets this instance's state written back.
+    is written then (and the state that results applied); else the stored state is applied when its
+    version is not the one this instance has; and a Redis that lost everything (restarted without
+    persistence) gets this instance's whole state written back.
     """
 
     def __init__(self, url: str, prefix: str, on_remote: OnRemote) -> None:
@@ -175,7 +206,9 @@ class SharedOverlay:
         self._client = connect(url, max_connections=4)
         self._subscriber = connect(url, reply_timeout=None, max_connections=4)
         self._write = self._client.register_script(_WRITE_STATE)
-        self._data: dict[str, Any] | None = None  # the state this instance has, as last written or applied
+        self._read_state = self._client.register_script(_READ_STATE)
+        self._data: dict[str, Any] = {}  # the overlay in force here (Overlay.describe()), changed or applied
+        self._synced: dict[str, str] = {}  # its entries as last written or applied: what changed since is ours
         self._dirty = 0  # > 0: a change made here is not written yet (a count, so a newer one is not lost)
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()  # the first catch-up is done
@@ -207,7 +240,7 @@ class SharedOverlay:
         return True
 
     def changed(self, data: dict[str, Any]) -> None:
-        """A change made on this instance: write ``data`` (the whole overlay) as the new state."""
+        """A change made on this instance: ``data`` (the whole overlay) is the state here now; write what changed."""
         self._data = data
         self._dirty += 1
         self._wake.set()
@@ -220,6 +253,7 @@ class SharedOverlay:
         """The state ``data`` of ``version`` is in force here now (a state that could not be applied is not)."""
         self.version = version
         self._data = data
+        self._synced = overlay_entries(data)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -272,34 +306,49 @@ class SharedOverlay:
                 pass
 
     async def _catch_up(self) -> None:
+        doc = _parse(await self._read_state(keys=[self.key, self.version_key]))
+        if doc is None:
+            return
+        version, _, data = doc
+        if version == 0:  # nothing stored: never written, or Redis lost it
+            self.version = 0
+            if _has_changes(self._data):
+                log.info("state backend: Redis at %s holds no state; writing this instance's runtime changes back",
+                         self.url)
+                await self._flush(restore=True)
+                return
         if self._dirty:
             await self._flush()
             return
-        raw = await self._client.get(self.key)
-        if raw is None:
-            if self._data is not None and _has_changes(self._data):
-                log.info("state backend: Redis at %s holds no state; writing this instance's runtime changes",
-                         self.url)
-                self._dirty += 1
-                await self._flush()
-            else:
-                self.version = 0
+        if version == self.version:
             return
-        doc = _parse(raw)
-        if doc is None or doc[0] == self.version:
-            return
-        if doc[0] < self.version:
+        if version < self.version:
             self.version = 0  # Redis lost the versions this instance saw (a restart without persistence)
-        await self.on_remote(doc[0], doc[2])
+        await self.on_remote(version, data)
 
-    async def _flush(self) -> None:
-        """Write the state changed here; a change made meanwhile is written by the next flush."""
+    async def _flush(self, restore: bool = False) -> None:
+        """Write the entries changed here (and, to ``restore`` a Redis that lost them, the others where no other
+        instance wrote them back first); apply the state that results when it holds others' changes too."""
         dirty = self._dirty
-        data = self._data if self._data is not None else {}
-        version = await self._write(keys=[self.key, self.version_key],
-                                    args=[json.dumps(data, separators=(",", ":")), self.origin, self.channel])
-        self.version = int(version)
+        ours = overlay_entries(self._data)
+        synced = self._synced
+        args = [self.origin, self.channel]
+        for key in sorted(ours.keys() | synced.keys()):
+            entry = ours.get(key)
+            if entry != synced.get(key):
+                args += ("set", key, entry) if entry is not None else ("del", key, "")
+            elif restore and entry is not None:
+                args += ("keep", key, entry)
+        doc = _parse(await self._write(keys=[self.key, self.version_key], args=args))
+        self._synced = ours
         self._dirty -= dirty
+        if doc is None:
+            return
+        version, _, data = doc
+        if overlay_entries(data) == ours:
+            self.version = max(self.version, version)  # the state here is the stored one: nothing to apply
+        else:
+            await self.on_remote(version, data)  # ours and others' changes together (if nothing newer came here)
 
     async def _write_changes(self) -> None:
         while True:
@@ -313,26 +362,71 @@ class SharedOverlay:
             if message.get("type") != "message":
                 continue
             doc = _parse(message["data"])
-            if doc is None or doc[1] == self.origin or self._dirty:
-                continue  # our own, or older than the change of ours about to be written
-            await self.on_remote(doc[0], doc[2])
+            if doc is None or self._dirty:
+                continue  # a change of ours is about to be written, and brings the others' back with it
+            await self.on_remote(doc[0], doc[2])  # accept() leaves out what this instance has already
 
 
-def _parse(raw: bytes | str) -> tuple[int, str, dict[str, Any]] | None:
-    """(version, origin, overlay) of a stored or published document; None (logged) when it is not one."""
+def overlay_entries(data: Mapping[str, Any]) -> dict[str, str]:
+    """``Overlay.describe()`` data as the stored hash: per server ("group/id"), the JSON of what was changed."""
+    entries: dict[str, dict[str, Any]] = {}
+
+    def at(item: Mapping[str, Any]) -> dict[str, Any]:
+        return entries.setdefault(f"{item['upstream']}/{item['id']}", {})
+
+    for item in data.get("added", ()):
+        at(item)["added"] = [item["url"], item["weight"]]
+    for item in data.get("weights", ()):
+        at(item)["weight"] = item["weight"]
+    for item in data.get("states", ()):
+        at(item)["state"] = item["state"]
+    for item in data.get("removing", ()):
+        at(item)["removing"] = True
+    for item in data.get("removed", ()):
+        at(item)["removed"] = True
+    return {key: json.dumps(entry, sort_keys=True, separators=(",", ":")) for key, entry in entries.items()}
+
+
+def overlay_data(entries: Mapping[str, str]) -> dict[str, list[dict[str, Any]]]:
+    """The stored hash as ``Overlay.describe()`` data; an entry that cannot be read is left out (and logged)."""
+    data: dict[str, list[dict[str, Any]]] = {"added": [], "weights": [], "states": [], "removing": [], "removed": []}
+    for key, raw in sorted(entries.items()):
+        group, _, sid = key.partition("/")
+        where = {"upstream": group, "id": sid}
+        try:
+            entry = json.loads(raw)
+            parts: list[tuple[str, dict[str, Any]]] = []
+            if "added" in entry:
+                url, weight = entry["added"]
+                parts.append(("added", {**where, "url": url, "weight": weight}))
+            if "weight" in entry:
+                parts.append(("weights", {**where, "weight": entry["weight"]}))
+            if "state" in entry:
+                parts.append(("states", {**where, "state": entry["state"]}))
+            if entry.get("removing"):
+                parts.append(("removing", where))
+            if entry.get("removed"):
+                parts.append(("removed", where))
+        except (TypeError, ValueError, AttributeError) as err:
+            log.error("state backend: ignoring the stored changes of %s, which cannot be read (%s)", key, err)
+            continue
+        for part, item in parts:
+            data[part].append(item)
+    return data
+
+
+def _parse(raw: bytes | str | None) -> tuple[int, str, dict[str, Any]] | None:
+    """(version, origin, overlay data) of a stored or published document; None (logged) when it is not one."""
     try:
-        doc = json.loads(raw)
-        result = (int(doc["version"]), str(doc["origin"]), doc["overlay"])
-    except (ValueError, TypeError, KeyError) as err:
+        doc = json.loads(raw or "")
+        result = (int(doc["version"]), str(doc["origin"]), overlay_data(doc["entries"]))
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
         log.error("state backend: ignoring a state document that cannot be read (%s)", err)
-        return None
-    if not isinstance(result[2], dict):
-        log.error("state backend: ignoring a state document whose overlay is not an object")
         return None
     return result
 
 
-def _has_changes(data: dict[str, Any]) -> bool:
+def _has_changes(data: Mapping[str, Any]) -> bool:
     return any(data.get(part) for part in ("added", "weights", "states", "removing", "removed"))
 
 
