@@ -310,21 +310,16 @@ class SharedOverlay:
         if doc is None:
             return
         version, _, data = doc
-        if version == 0:  # nothing stored: never written, or Redis lost it
-            self.version = 0
-            if _has_changes(self._data):
-                log.info("state backend: Redis at %s holds no state; writing this instance's runtime changes back",
-                         self.url)
-                await self._flush(restore=True)
-                return
-        if self._dirty:
-            await self._flush()
-            return
-        if version == self.version:
-            return
         if version < self.version:
             self.version = 0  # Redis lost the versions this instance saw (a restart without persistence)
-        await self.on_remote(version, data)
+        if version == 0 and _has_changes(self._data):  # nothing stored: never written, or Redis lost it
+            log.info("state backend: Redis at %s holds no state; writing this instance's runtime changes back",
+                     self.url)
+            await self._flush(restore=True)
+        elif self._dirty:
+            await self._flush()
+        elif version != self.version:
+            await self.on_remote(version, data)
 
     async def _flush(self, restore: bool = False) -> None:
         """Write the entries changed here (and, to ``restore`` a Redis that lost them, the others where no other
