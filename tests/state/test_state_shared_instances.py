@@ -47,6 +47,10 @@ def failures(inst: RunningInstance) -> int:
     return inst.call(lambda: shared.failures)
 
 
+def weight_of(inst: RunningInstance, sid: str) -> int:
+    return next(int(s["weight"]) for s in inst.api.get("/api/v1/upstreams/app").json()["servers"] if s["id"] == sid)
+
+
 def server_ids(inst: RunningInstance) -> list[str]:
     return [s["id"] for s in inst.api.get("/api/v1/upstreams/app").json()["servers"]]
 
@@ -257,7 +261,3 @@ def test_changes_to_different_servers_made_apart_are_all_kept(
     assert weights[a.id] == 5  # from before the outage
     assert weights[b.id] in (2, 3)  # both changed b: the one written last wins
     assert set(names(one.url, 6)) == set(names(two.url, 6)) == {"b", "c"}
-
-
-def weight_of(inst: RunningInstance, sid: str) -> int:
-    return next(int(s["weight"]) for s in inst.api.get("/api/v1/upstreams/app").json()["servers"] if s["id"] == sid)
