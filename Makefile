@@ -17,13 +17,17 @@ $(STAMP): pyproject.toml setup.py $(COMPILED)
 demo: $(STAMP)
 	$(VENV)/bin/fulcrum demo
 
-# The dashboard's browser test drives Debian's chromium; it is installed here when missing (never failing the
-# target: without it that test is skipped with a message).
+# The dashboard's browser test drives Debian's chromium, the state backend's tests a real redis-server; both are
+# installed here when missing (never failing the target: without them those tests are skipped with a message).
 test: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium for the dashboard's browser test"; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
 		|| { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } \
 		|| echo "chromium could not be installed: the dashboard's browser test will be skipped"; }
+	@command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server for the state backend's tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null 2>&1; } \
+		|| echo "redis-server could not be installed: the state backend's tests will be skipped"; }
 	$(PY) -m pytest -q
 
 # The same suite on the modules as plain Python (what runs where mypyc could not build them).
@@ -50,6 +54,7 @@ bench: $(STAMP)
 	@if command -v valgrind >/dev/null 2>&1; then $(PY) benchmarks/hotloop.py --browser --callgrind --requests 2000; \
 	else echo "valgrind missing: hotloop --browser in wall-clock time only"; $(PY) benchmarks/hotloop.py --browser; fi
 	$(PY) benchmarks/bench_workers.py
+	$(PY) benchmarks/bench_shared_limit.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -33,6 +33,7 @@ from fulcrum.middleware.chain import Chain
 from fulcrum.middleware.policy.accesslog import LogWriter, open_check
 from fulcrum.middleware.policy.cors import CorsPolicy
 from fulcrum.middleware.policy.ratelimit import BucketsFactory, memory_buckets
+from fulcrum.middleware.shared import shared_rate_limit
 from fulcrum.routing import RouteTable
 from fulcrum.routing.rewrite import header_edits
 from fulcrum.routing.route import Answer, HeaderMatch, PathRewrite, Route
@@ -195,11 +196,11 @@ def _one(entry: MiddlewareEntry, loc: Loc, route: str, trusted: tuple[Any, ...],
             writer = writers[o.path] = LogWriter(o.path)
         return AccessLog(o.format, writer)
     if kind == "rate_limit":
-        # shared: true asks the state backend for buckets every instance sees; with the memory backend
-        # (the only one so far) that is this process's memory, which is exact for one instance
+        # shared: true asks the state backend for buckets every instance sees (Redis: an async round trip per
+        # request, fulcrum.middleware.shared); with the memory backend, this process's memory, exact for one
         factory = shared_buckets if o.shared and shared_buckets is not None else memory_buckets
-        return RateLimit(o.rate, o.capacity, o.key, route, trusted,
-                         buckets=factory(o.rate, o.capacity, f"{route}#{loc[3]}"))
+        return shared_rate_limit(RateLimit(o.rate, o.capacity, o.key, route, trusted,
+                                           buckets=factory(o.rate, o.capacity, f"{route}#{loc[3]}")))
     if kind == "ip_filter":
         return IpFilterMiddleware(o.allow, o.deny, trusted)
     if kind == "basic_auth":

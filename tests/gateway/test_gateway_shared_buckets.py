@@ -1,4 +1,5 @@
-"""The seam for shared rate limits: ``shared: true`` takes its buckets from the state backend's factory."""
+"""The seam for shared rate limits: ``shared: true`` takes its buckets from the state backend's factory, and buckets
+in a shared store (Redis) run as async middleware on their route alone."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from fulcrum.config import parse_config
 from fulcrum.gateway import build_gateway
 from fulcrum.middleware.builtins import RateLimit
 from fulcrum.middleware.policy.ratelimit import Buckets, TokenBuckets
+from fulcrum.middleware.shared import SharedRateLimit, StoreBuckets, store_buckets
+from fulcrum.state.redis import RedisBuckets
 
 
 def test_shared_rate_limits_use_the_backend_factory_and_local_ones_do_not() -> None:
@@ -62,5 +65,31 @@ def test_without_a_backend_shared_limits_live_in_this_process() -> None:
     try:
         limit = gateway.table.routes[0].chain.items[0]
         assert isinstance(limit, RateLimit) and isinstance(limit.buckets, TokenBuckets)
+    finally:
+        gateway.close()
+
+
+def test_buckets_in_a_shared_store_make_only_their_route_async() -> None:
+    config = parse_config(
+        {
+            "upstreams": {"app": {"servers": ["http://127.0.0.1:5001"]}},
+            "routes": [
+                {"name": "shared", "match": {"path_prefix": "/a/"}, "upstream": "app",
+                 "middleware": [{"request_id": {}}, {"rate_limit": {"rate": "5/s", "shared": True}}]},
+                {"name": "local", "upstream": "app", "middleware": [{"rate_limit": {"rate": "5/s"}}]},
+            ],
+        },
+        source="test",
+    )
+    store = RedisBuckets("redis://127.0.0.1:1/0", "t")  # no I/O until a request needs it
+    gateway = build_gateway(config, "test", shared_buckets=store_buckets(store))
+    try:
+        shared, local = (route.chain for route in gateway.table.routes)
+        assert shared is not None and local is not None
+        assert not shared.sync and isinstance(shared.items[1], SharedRateLimit)
+        assert isinstance(shared.items[1].buckets, StoreBuckets)
+        assert shared.describe()[1] == "rate_limit(5/s, burst 5, key ip), shared"
+        assert local.sync and isinstance(local.items[0], RateLimit)  # shared: false keeps its hooks
+        assert isinstance(local.items[0].buckets, TokenBuckets)
     finally:
         gateway.close()

@@ -74,6 +74,9 @@ def describe(config: Config) -> str:
     if config.http2.h2c:
         lines.append(f"http2: h2c (prior knowledge) on the plain listeners, up to "
                      f"{config.http2.max_concurrent_streams} streams per connection")
+    if config.state.backend != "memory":
+        lines.append(f"state: {config.state.describe()}: runtime changes and shared rate limits shared with the "
+                     "instances using it")
     lines.append("routes:" if config.routes else "routes: none")
     width = max(len(_route(r)) for r in config.routes) if config.routes else 0
     lines += [f"  {_route(r):<{width}}  {_target(r)}" for r in config.routes]

@@ -28,6 +28,7 @@ from fulcrum.config.fields import HOSTNAME, MODEL, TOKEN, Network
 from fulcrum.config.gateway import Match as Match
 from fulcrum.config.gateway import Route as Route
 from fulcrum.config.messages import FULCRUM_ERROR, humanize
+from fulcrum.config.state import StateBackend
 from fulcrum.config.tcp import TcpService, tcp_problems
 from fulcrum.config.tls import RedirectToHttps, ServerTLS, UpstreamTLS
 from fulcrum.config.units import StatusRanges, parse_duration, parse_size, short_repr
@@ -764,6 +765,7 @@ class Config(BaseModel):
     routes: tuple[Route, ...] = ()  # when omitted, filled in by _cross_check (none for tcp_services alone)
     shutdown_grace: OptionalDuration = 30.0
     tcp_services: dict[str, TcpService] = {}  # fulcrum.config.tcp
+    state: StateBackend = StateBackend()  # fulcrum.config.state
 
     @field_validator("listen", mode="before")
     @classmethod

@@ -11,7 +11,10 @@ from functools import partial
 from fulcrum.config import Config, ConfigError
 from fulcrum.config.errors import ConfigIssue
 from fulcrum.config.tls import RedirectToHttps
+from fulcrum.gateway import build_gateway
 from fulcrum.health.active import HealthChecker
+from fulcrum.middleware.policy.ratelimit import BucketsFactory
+from fulcrum.middleware.shared import store_buckets
 from fulcrum.proxy.alpn import AlpnSwitch
 from fulcrum.proxy.context import ProxyContext
 from fulcrum.proxy.downstream import IDLE, ClientConnection
@@ -20,6 +23,7 @@ from fulcrum.proxy.http2 import H2Connection
 from fulcrum.proxy.redirect import RedirectConnection
 from fulcrum.proxy.tcp import Pending, TcpServices
 from fulcrum.proxy.tls import ALPN_HTTP11, ALPN_PROTOCOLS, ListenerTLS, client_tls
+from fulcrum.state.redis import RedisBuckets, redis_buckets
 from fulcrum.state.server import Down
 from fulcrum.state.snapshot import ServerRegistry, Snapshot, build_snapshot
 
@@ -102,6 +106,9 @@ class ProxyServer:
         self.checks = checks
         self.registry = ServerRegistry()
         self.checkers: dict[str, HealthChecker] = {}
+        # rate_limit with shared: true counts in the state backend (state: redis), read at start only
+        self.buckets: RedisBuckets | None = redis_buckets(config.state)
+        self._shared_buckets: BucketsFactory | None = store_buckets(self.buckets) if self.buckets else None
         self._tls = listener_tls(config, source)
         snapshot = self._build(config)
         self._attach_guards(snapshot, None)
@@ -118,7 +125,8 @@ class ProxyServer:
 
     def _build(self, config: Config) -> Snapshot:
         # the health checker sets a new server's first state (DESIGN 4, "Health at start")
-        return build_snapshot(config, self.registry, self.loop.time, self.source)
+        gateway = build_gateway(config, self.source, self._shared_buckets)
+        return build_snapshot(config, self.registry, self.loop.time, self.source, gateway)
 
     def _attach_guards(self, snapshot: Snapshot, previous: Snapshot | None) -> None:
         """Passive checks and breakers per group, taking over the state of the previous snapshot's."""
@@ -272,7 +280,11 @@ class ProxyServer:
             raise ConfigError([ConfigIssue(self.source, "workers", f"changed from {self.config.workers} to "
                                            f"{config.workers}: a new number of workers takes a restart")])
         tls = listener_tls(config, self.source)
-        gateway = self.ctx.snapshot.gateway if same_routes else None
+        if config.state != self.config.state:
+            log.warning("state: a change of the state backend takes effect at the next start; %s stays in use",
+                        self.config.state.describe())
+        gateway = self.ctx.snapshot.gateway if same_routes else \
+            build_gateway(config, self.source, self._shared_buckets)
         snapshot = build_snapshot(config, self.registry, self.loop.time, self.source, gateway)
         tcp: Pending | None = None
         try:
@@ -367,6 +379,8 @@ class ProxyServer:
             self._timer.cancel()
         ctx.access_log.flush()
         ctx.snapshot.gateway.close()  # access-log writers write what they hold and stop
+        if self.buckets is not None:
+            await self.buckets.close()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

@@ -14,8 +14,9 @@ that still apply:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from fulcrum.config import Config
@@ -120,7 +121,7 @@ class Overlay:
         return config.model_copy(update={"upstreams": upstreams})
 
     def describe(self) -> dict[str, object]:
-        """The overlay as JSON-ready data, for ``GET /api/v1/changes``."""
+        """The overlay as JSON-ready data, for ``GET /api/v1/changes`` and the Redis state backend."""
         return {
             "added": [{"upstream": g, "id": i, "url": u, "weight": w} for (g, i), (u, w) in sorted(self.added.items())],
             "weights": [{"upstream": g, "id": i, "weight": w} for (g, i), w in sorted(self.weights.items())],
@@ -128,3 +129,33 @@ class Overlay:
             "removing": [{"upstream": g, "id": i} for g, i in sorted(self.removing)],
             "removed": [{"upstream": g, "id": i} for g, i in sorted(self.removed)],
         }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> Overlay:
+        """The overlay ``describe()`` gave (as another instance stored it); ``ValueError`` when it is not one."""
+        try:
+            overlay = cls(
+                added={(str(e["upstream"]), str(e["id"])): (str(e["url"]), _weight(e["weight"]))
+                       for e in data.get("added", ())},
+                weights={(str(e["upstream"]), str(e["id"])): _weight(e["weight"]) for e in data.get("weights", ())},
+                states={(str(e["upstream"]), str(e["id"])): _state(e["state"]) for e in data.get("states", ())},
+                removing={(str(e["upstream"]), str(e["id"])) for e in data.get("removing", ())},
+                removed={(str(e["upstream"]), str(e["id"])) for e in data.get("removed", ())},
+            )
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"not an overlay of runtime changes: {type(err).__name__}: {err}") from None
+        overlay.states = {k: v for k, v in overlay.states.items() if v != "enabled"}
+        return overlay
+
+
+def _weight(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1000:
+        return value
+    raise ValueError(f"weight must be 1-1000, got {value!r}")
+
+
+def _state(value: object) -> State:
+    for state in STATES:
+        if value == state:
+            return state
+    raise ValueError(f"state must be one of {', '.join(STATES)}, got {value!r}")

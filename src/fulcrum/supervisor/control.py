@@ -3,6 +3,11 @@
 Every change builds a new snapshot from the file's config with the runtime overlay applied
 (``fulcrum.state.changes``) and swaps it in; changes are serialised by one lock, so two admin
 calls never build from the same base.
+
+With ``state: {backend: redis}`` the overlay is shared (``fulcrum.state.redis``): each change made
+here is handed to the store after it is applied, and a change made on another instance replaces
+the overlay here and is applied the same way. A reload of the file is not shared: each instance
+reads its own file.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ from typing import Any
 
 from fulcrum.config import Config, ConfigError, load_config
 from fulcrum.config.schema import ServerSpec
+from fulcrum.config.state import redact_url
 from fulcrum.proxy.context import Metrics, Stats
 from fulcrum.proxy.server import ProxyServer
 from fulcrum.state.changes import ChangeError, Key, Overlay, State, server_id
+from fulcrum.state.redis import shared_overlay
 from fulcrum.state.server import Down, Server
 from fulcrum.state.snapshot import Snapshot
 from fulcrum.state.tcp import TcpGroup
@@ -41,6 +48,12 @@ class Control:
         self.last_reload: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
         self._removals: asyncio.Task[None] | None = None
+        self.shared = shared_overlay(config.state, self._on_shared)  # None: this instance's memory only
+
+    async def start(self) -> None:
+        """Load the shared runtime changes, when the state is shared (before the proxy takes traffic)."""
+        if self.shared is not None:
+            await self.shared.start()
 
     # -- reading -------------------------------------------------------------------
 
@@ -61,13 +74,20 @@ class Control:
         return self.server.tcp.groups
 
     def running_config(self) -> dict[str, Any]:
-        """The file's config as JSON data (the admin token left out), for ``fulcrum check --admin``."""
+        """The file's config as JSON data (the admin token and any Redis password left out), for ``fulcrum check
+        --admin``."""
         data: dict[str, Any] = self.file_config.model_dump(mode="json")
         data["admin"]["token"] = None
+        if data["state"]["url"] is not None:
+            data["state"]["url"] = redact_url(data["state"]["url"])  # a Redis password stays in the file
         return data
 
     def changes(self) -> dict[str, Any]:
-        return self.overlay.describe()
+        """The overlay (``GET /api/v1/changes``), and with a shared state the version this instance has."""
+        data = self.overlay.describe()
+        if self.shared is not None:
+            data["shared"] = {"backend": "redis", "version": self.shared.version, "connected": self.shared.connected}
+        return data
 
     def server_state(self, group: str, server: Server) -> State:
         return self.overlay.state((group, server.id))
@@ -98,6 +118,7 @@ class Control:
                 raise ChangeError(409, f"server {sid} is already in upstream group {group!r}", "url")
             key = self.overlay.add(group, spec.url, spec.weight)
             await self._apply()
+            self._share()
             log.info("admin: added server %s to %s (weight %d)", sid, group, spec.weight)
             return self.find(*key)
 
@@ -113,6 +134,7 @@ class Control:
             if state is not None:
                 self.overlay.set_state(key, state)
             await self._apply()
+            self._share()
             log.info("admin: server %s of %s now %s", sid, group,
                      ", ".join(p for p in (f"weight {weight}" if weight is not None else "",
                                            f"state {state}" if state else "") if p))
@@ -124,11 +146,15 @@ class Control:
             server = self.find(group, sid)
             self.overlay.remove((group, sid))
             self._set_flags(self.snapshot)
+            self._share()
             log.info("admin: removing server %s from %s once its %d request(s) in flight end", sid, group,
                      server.active)
-            if self._removals is None or self._removals.done():
-                self._removals = asyncio.get_running_loop().create_task(self._finish_removals())
+            self._watch_removals()
             return server
+
+    def _watch_removals(self) -> None:
+        if self._removals is None or self._removals.done():
+            self._removals = asyncio.get_running_loop().create_task(self._finish_removals())
 
     async def _finish_removals(self) -> None:
         while self.overlay.removing:
@@ -141,6 +167,7 @@ class Control:
                     self.overlay.finish_removal(key)
                     log.info("admin: removed server %s from %s", key[1], key[0])
                 await self._apply()
+                self._share()  # every instance ends its own drain; they all write the same result
 
     def _idle(self, key: Key) -> bool:
         group = self.snapshot.groups.get(key[0])
@@ -192,9 +219,36 @@ class Control:
                 server.set_down(Down.DISABLED, state == "disabled")
                 server.set_down(Down.DRAINING, state == "draining")
 
+    # -- shared state (state.backend: redis) --------------------------------------------
+
+    def _share(self) -> None:
+        if self.shared is not None:
+            self.shared.changed(self.overlay.describe())
+
+    async def _on_shared(self, version: int, data: dict[str, Any]) -> None:
+        """Another instance's runtime changes (or the stored ones): they replace this instance's overlay."""
+        async with self._lock:
+            if self.shared is None or not self.shared.accept(version):
+                return
+            previous = self.overlay
+            try:
+                self.overlay = Overlay.from_data(data)
+                await self._apply()
+            except (ValueError, ConfigError, OSError) as err:
+                self.overlay = previous
+                log.error("state backend: runtime changes of version %d not applied, the running ones stay: %s",
+                          version, err)
+                return
+            self.shared.applied(version, data)
+            log.info("state backend: applied the shared runtime changes (version %d)", version)
+            if self.overlay.removing:
+                self._watch_removals()
+
     async def close(self) -> None:
         if self._removals is not None:
             self._removals.cancel()
+        if self.shared is not None:
+            await self.shared.close()
 
 
 def _first_error(err: ValueError) -> str:

@@ -61,9 +61,11 @@ class Instance:
             if listen is not None else None
 
     async def start(self) -> None:
-        """Bind everything (the admin port first: a busy one fails before traffic is taken), then serve."""
+        """Bind everything (the admin port first: a busy one fails before traffic is taken), load the shared
+        runtime changes (``state: redis``), then serve."""
         if self.admin is not None:
             self.admin.bind()
+        await self.control.start()
         await self.server.start()
         if self.admin is not None:
             await self.admin.start()
