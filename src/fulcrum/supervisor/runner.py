@@ -56,6 +56,7 @@ class Instance:
         """Bind everything (the admin port first: a busy one fails before traffic is taken), then serve."""
         if self.admin is not None:
             self.admin.bind()
+        await self.control.start()  # DNS discovery's first answers, before the first health round
         await self.server.start()
         if self.admin is not None:
             await self.admin.start()
