@@ -74,7 +74,7 @@ class ServersFrom(BaseModel):
     the records' TTL is shorter, but never more often than every ``MIN_REFRESH``).
 
     ``port`` is the servers' port for A and AAAA records (SRV records carry their own, so it is not used
-    there); ``resolver`` is the DNS server to ask (default: the system's, from /etc/resolv.conf);
+    there); ``resolver`` is the DNS server to ask (default, or empty: the system's, from /etc/resolv.conf);
     ``timeout`` bounds one lookup; ``scheme`` is how the servers are spoken to.
     """
 
@@ -104,8 +104,8 @@ class ServersFrom(BaseModel):
     @field_validator("resolver")
     @classmethod
     def _check_resolver(cls, resolver: str | None) -> str | None:
-        if resolver is None:
-            return None
+        if resolver is None or not resolver.strip():
+            return None  # the system's; an empty ${VAR} means that too
         host, port = parse_resolver(resolver)
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
