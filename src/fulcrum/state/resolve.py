@@ -20,6 +20,10 @@ from fulcrum.config.discovery import ServersFrom
 from fulcrum.state.discovery import Lookup, SrvRecord, found, from_addresses, from_srv, normal_name
 
 
+#: The UDP answer size offered (EDNS0): the size DNS Flag Day 2020 settled on, safe from IP fragmentation.
+EDNS_PAYLOAD = 1232
+
+
 class DnsLookup:
     """Looks up one ``servers_from`` entry."""
 
@@ -39,6 +43,7 @@ class DnsLookup:
         resolver.timeout = spec.timeout
         resolver.lifetime = spec.timeout
         resolver.cache = None
+        resolver.use_edns(0, 0, EDNS_PAYLOAD)  # room for many records over UDP (a truncated answer is asked over TCP)
         return resolver
 
     async def lookup(self) -> Lookup:
