@@ -12,13 +12,11 @@ from __future__ import annotations
 import dns.asyncresolver
 import dns.exception
 import dns.message
-import dns.name
 import dns.rdatatype
 import dns.resolver
 
 from fulcrum.config.discovery import ServersFrom
 from fulcrum.state.discovery import Lookup, SrvRecord, found, from_addresses, from_srv, normal_name
-
 
 #: The UDP answer size offered (EDNS0): the size DNS Flag Day 2020 settled on, safe from IP fragmentation.
 EDNS_PAYLOAD = 1232
