@@ -171,8 +171,10 @@ def test_the_image_command_serves_the_deploy_sample(tmp_path: Path, processes: l
         processes.append(proxy)
         health = wait_http(f"http://127.0.0.1:{admin}/healthz", proxy)
         assert health.status_code == 200 and health.json() == {"status": "ok"}
-        answer = wait_http(f"http://127.0.0.1:{port}/", proxy)
-        assert answer.status_code == 200, answer.text
+        deadline = time.monotonic() + 30  # the backend takes traffic once found and checked
+        while (answer := wait_http(f"http://127.0.0.1:{port}/", proxy)).status_code != 200:
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.1)
         assert answer.json()["server"] == "backend-1"
         assert answer.headers["x-upstream-server"] == f"127.0.0.2:{backend_port}"
         (check,) = instruction("HEALTHCHECK")
