@@ -194,3 +194,23 @@ def test_a_reload_keeps_the_set_and_looks_up_a_changed_source_before_it_goes_in(
     assert inst.api.post("/api/v1/reload").json() == {"status": "reloaded"}
     assert set(servers(inst)) == {srv.id}  # looked up before the new config went in
     assert served(inst.url, 2) == Counter({srv.id: 2})
+
+
+def test_admin_changes_over_a_discovered_group(dns: DnsServer, make_instance: Make,
+                                               same_port_upstreams: Callable[[int], list[UpstreamServer]],
+                                               make_upstream: Callable[..., UpstreamServer]) -> None:
+    """A server deleted through the API stays out while DNS still lists it; one added stays beside the others."""
+    two, three = same_port_upstreams(2)
+    dns.zone.set_a("app.test", ["127.0.0.2", "127.0.0.3"], ttl=1)
+    inst = make_instance(config(dns, port=two.port))
+    assert inst.api.delete(f"/api/v1/upstreams/app/servers/{three.id}").status_code == 202
+    eventually(lambda: set(servers(inst)) == {two.id}, "the deleted server leaves")
+    extra = make_upstream("extra")
+    added = inst.api.post("/api/v1/upstreams/app/servers", json={"url": extra.url, "weight": 2})
+    assert added.status_code == 201 and added.json()["discovered"] is False
+    asked = dns.queries("app.test", "A")
+    eventually(lambda: dns.queries("app.test", "A") >= asked + 2, "two more lookups")
+    listed = servers(inst)
+    assert set(listed) == {two.id, extra.id}
+    assert listed[two.id]["discovered"] and not listed[extra.id]["discovered"]
+    eventually(lambda: set(served(inst.url, 6)) == {two.id, extra.id}, "the added server takes traffic once checked")
