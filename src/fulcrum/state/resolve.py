@@ -64,6 +64,8 @@ class DnsLookup:
             return Lookup("failed", reason=_short(err))
         except (dns.exception.DNSException, OSError) as err:
             return Lookup("failed", reason=_short(err))
+        except ValueError as err:  # a record that makes no server URL (pydantic's errors are ValueErrors)
+            return Lookup("failed", reason=f"unusable record: {_short(err)}")
 
     async def _addresses(self, resolver: dns.asyncresolver.Resolver, name: str,
                          rdtype: str) -> tuple[list[str], float | None]:

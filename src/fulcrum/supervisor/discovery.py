@@ -96,12 +96,13 @@ class DnsDiscovery:
         while True:
             if delay > 0:
                 await asyncio.sleep(delay)
-            result = await lookup.lookup()
-            delay = next_lookup(spec, result)
+            delay = spec.refresh
             try:
+                result = await lookup.lookup()
+                delay = next_lookup(spec, result)
                 if self._record(name, spec, result):
                     await self._on_change()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the schedule must outlive a snapshot that could not be built
+            except Exception:  # the schedule must outlive anything one round did (a snapshot that failed to build)
                 log.exception("%s: the servers discovered in DNS could not be put in force", name)
