@@ -1,4 +1,4 @@
-"""The ``fulcrum`` command: run, check (and what a reload would change), demo, proxy, simulate, top."""
+"""The ``fulcrum`` command: run, check (and what a reload would change), demo, demo-backend, proxy, simulate, top."""
 
 from __future__ import annotations
 
@@ -222,6 +222,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run(make_config, after_start=announce)
 
 
+def cmd_demo_backend(args: argparse.Namespace) -> int:
+    """One demo upstream server (the kind ``fulcrum demo`` starts three of), until SIGTERM or SIGINT."""
+    import signal
+    import socket
+
+    from fulcrum.config.schema import parse_listen
+    from fulcrum.demo_backend import serve_demo_backend
+    from fulcrum.proxy.server import install_uvloop
+
+    try:
+        address = parse_listen(args.listen)
+    except ValueError as err:
+        print(f"fulcrum: --listen: {err}", file=sys.stderr)
+        return 1
+    host, port = str(address.get("host", "0.0.0.0")), int(str(address["port"]))
+    name = args.name or socket.gethostname()
+
+    async def serve() -> int:
+        try:
+            server = await serve_demo_backend(host, port, name)
+        except OSError as err:
+            print(f"fulcrum: cannot listen on {args.listen}: {err.strerror or err}", file=sys.stderr)
+            return 1
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"demo backend {name} on {host}:{server.sockets[0].getsockname()[1]}", flush=True)
+        await stop.wait()
+        server.close()
+        await server.wait_closed()
+        return 0
+
+    with asyncio.Runner(loop_factory=install_uvloop()) as runner:
+        return runner.run(serve())
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from fulcrum.balancing.simulate import simulate_config
 
@@ -280,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-port", type=int, default=9090, help="admin API and dashboard port on 127.0.0.1 "
                    "(default 9090)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("demo-backend", help="one demo upstream server (says who it is; /health, /slow?ms=N)")
+    p.add_argument("--listen", default=":5001", help="host:port or :port (default :5001)")
+    p.add_argument("--name", help="the name it answers with (default: the host name)")
+    p.set_defaults(func=cmd_demo_backend)
 
     p = sub.add_parser("proxy", help="one-line reverse proxy: --listen :8080 --to URL --to URL")
     p.add_argument("--listen", default=":8080", help="host:port or :port (default :8080)")

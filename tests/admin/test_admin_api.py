@@ -16,8 +16,8 @@ from fulcrum.config import parse_config
 from tests.admin.harness import TOKEN, RunningInstance, write_config
 from tests.support.upstream import UpstreamServer
 
-SERVER_KEYS = {"id", "url", "weight", "state", "healthy", "eligible", "down", "active", "requests", "errors",
-               "recent_requests", "p50_ms", "p99_ms", "bytes_per_s", "new_connection_share"}
+SERVER_KEYS = {"id", "url", "weight", "state", "discovered", "healthy", "eligible", "down", "active", "requests",
+               "errors", "recent_requests", "p50_ms", "p99_ms", "bytes_per_s", "new_connection_share"}
 #: Figures that move with the clock between two calls (a rate over the last minute).
 MOVING = {"bytes_per_s"}
 Make = Callable[..., RunningInstance]

@@ -225,8 +225,11 @@ class UpstreamServer:
 
     refusing_port = staticmethod(refusing_port)
 
-    def __init__(self, name: str | None = None, ssl: ssl_module.SSLContext | None = None) -> None:
+    def __init__(self, name: str | None = None, ssl: ssl_module.SSLContext | None = None, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
         self._name = name
+        self._host = host  # another loopback address (127.0.0.2, ...) lets servers share a port, as DNS A records do
+        self._bind_port = port
         self._ssl = ssl  # serve TLS with this context (https:// URLs); the peer certificates are kept
         self._peer_certs: list[dict[str, Any] | None] = []
         self.healthy = True
@@ -286,7 +289,8 @@ class UpstreamServer:
         asyncio.set_event_loop(loop)
         try:
             self._server = loop.run_until_complete(
-                asyncio.start_server(self._handle, "127.0.0.1", 0, limit=_HEAD_LIMIT, backlog=1024, ssl=self._ssl)
+                asyncio.start_server(self._handle, self._host, self._bind_port, limit=_HEAD_LIMIT, backlog=1024,
+                                     ssl=self._ssl)
             )
             self._port = self._server.sockets[0].getsockname()[1]
         except BaseException as err:  # reported to the starting thread
@@ -351,11 +355,11 @@ class UpstreamServer:
 
     @property
     def url(self) -> str:
-        return f"{'https' if self._ssl is not None else 'http'}://127.0.0.1:{self.port}"
+        return f"{'https' if self._ssl is not None else 'http'}://{self._host}:{self.port}"
 
     @property
     def id(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self._host}:{self.port}"
 
     @property
     def peer_certs(self) -> list[dict[str, Any] | None]:

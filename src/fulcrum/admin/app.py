@@ -52,6 +52,7 @@ class Plane(Protocol):
     def tcp_groups(self) -> Mapping[str, TcpGroup]: ...
 
     def server_state(self, group: str, server: Server) -> State: ...
+    def discovered_ids(self, group: str) -> frozenset[str]: ...
     def find(self, group: str, sid: str) -> Server: ...
     def running_config(self) -> dict[str, Any]: ...
     def changes(self) -> dict[str, Any]: ...
@@ -101,6 +102,7 @@ class ServerOut(BaseModel):
     url: str
     weight: int
     state: Literal["enabled", "disabled", "draining"]
+    discovered: bool = Field(False, description="found by DNS discovery (the group's servers_from)")
     healthy: bool
     eligible: bool
     down: list[str] = Field(description="why it is not eligible: active_check, passive, breaker, draining, disabled")
@@ -119,6 +121,7 @@ class ServerOut(BaseModel):
 class GroupOut(BaseModel):
     name: str
     balance: str
+    servers_from: str | None = Field(None, description="where DNS discovery finds the servers (null: listed)")
     servers: list[ServerOut]
 
 
@@ -285,7 +288,7 @@ def make_app(plane: Plane, token: str | None, workers: Workers | None = None) ->
         return plane.server_state(group, server)
 
     def one_server(group: str, server: Server) -> dict[str, Any]:
-        return server_view(server, plane.server_state(group, server))
+        return server_view(server, plane.server_state(group, server), server.id in plane.discovered_ids(group))
 
     @app.get("/", include_in_schema=False)
     async def dashboard() -> FileResponse:
@@ -305,22 +308,24 @@ def make_app(plane: Plane, token: str | None, workers: Workers | None = None) ->
     @app.get("/api/v1/status", response_model=StatusOut, responses=ERRORS)
     async def status() -> dict[str, Any]:
         if workers is None:
-            return status_view(plane.snapshot, plane.stats, plane.started, state_of, tcp=plane.tcp_groups)
-        view = status_view(plane.snapshot, plane.stats, plane.started, state_of, workers.count, plane.tcp_groups)
+            return status_view(plane.snapshot, plane.stats, plane.started, state_of, tcp=plane.tcp_groups,
+                               discovered_of=plane.discovered_ids)
+        view = status_view(plane.snapshot, plane.stats, plane.started, state_of, workers.count, plane.tcp_groups,
+                           discovered_of=plane.discovered_ids)
         view["worker_processes"] = workers.view()
         view["memory_bytes"] += workers.memory_bytes()  # the main process's and every worker's
         return view
 
     @app.get("/api/v1/upstreams", response_model=UpstreamsOut, responses=ERRORS)
     async def upstreams() -> dict[str, Any]:
-        return {"upstreams": upstreams_view(plane.snapshot, state_of)}
+        return {"upstreams": upstreams_view(plane.snapshot, state_of, plane.discovered_ids)}
 
     @app.get("/api/v1/upstreams/{group}", response_model=GroupOut, responses=ERRORS)
     async def upstream(group: str) -> Any:
         g = plane.snapshot.groups.get(group)
         if g is None:
             return error(404, f"no upstream group {group!r}", "group")
-        return group_view(g, state_of)
+        return group_view(g, state_of, plane.discovered_ids)
 
     @app.post("/api/v1/upstreams/{group}/servers", status_code=201, response_model=ServerOut, responses=ERRORS)
     async def add_server(group: str, body: NewServer) -> dict[str, Any]:

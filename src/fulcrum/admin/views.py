@@ -42,13 +42,14 @@ def down_reasons(server: Server | TcpServer) -> list[str]:
     return [name for flag, name in DOWN_REASONS if server.down & flag]
 
 
-def server_view(server: Server, state: State) -> dict[str, Any]:
+def server_view(server: Server, state: State, discovered: bool = False) -> dict[str, Any]:
     """One server as the API shows it (``ServerOut`` in ``fulcrum.admin.app``)."""
     return {
         "id": server.id,
         "url": server.url,
         "weight": server.weight,
         "state": state,
+        "discovered": discovered,
         "healthy": server.healthy,
         "eligible": server.eligible,
         "down": down_reasons(server),
@@ -79,16 +80,29 @@ def recent_view(server: Server) -> dict[str, Any]:
     }
 
 
-def group_view(group: Group, state_of: Callable[[str, Server], State]) -> dict[str, Any]:
+#: The ids of a group's servers found by DNS discovery (``Control.discovered_ids``).
+DiscoveredOf = Callable[[str], frozenset[str]]
+
+
+def _none_discovered(group: str) -> frozenset[str]:
+    return frozenset()
+
+
+def group_view(group: Group, state_of: Callable[[str, Server], State],
+               discovered_of: DiscoveredOf = _none_discovered) -> dict[str, Any]:
+    source = getattr(group.spec, "servers_from", None)
+    found = discovered_of(group.name) if source is not None else frozenset()
     return {
         "name": group.name,
         "balance": group.policy,
-        "servers": [server_view(s, state_of(group.name, s)) for s in group.servers],
+        "servers_from": source.describe() if source is not None else None,
+        "servers": [server_view(s, state_of(group.name, s), s.id in found) for s in group.servers],
     }
 
 
-def upstreams_view(snapshot: Snapshot, state_of: Callable[[str, Server], State]) -> list[dict[str, Any]]:
-    return [group_view(g, state_of) for g in snapshot.groups.values()]
+def upstreams_view(snapshot: Snapshot, state_of: Callable[[str, Server], State],
+                   discovered_of: DiscoveredOf = _none_discovered) -> list[dict[str, Any]]:
+    return [group_view(g, state_of, discovered_of) for g in snapshot.groups.values()]
 
 
 def tcp_server_view(server: TcpServer) -> dict[str, Any]:
@@ -139,6 +153,7 @@ def status_view(
     state_of: Callable[[str, Server], State],
     workers: int = 1,
     tcp: Mapping[str, TcpGroup] | None = None,
+    discovered_of: DiscoveredOf = _none_discovered,
 ) -> dict[str, Any]:
     """Totals and every group: the shape of ``GET /api/v1/status``."""
     total = stats.requests_total
@@ -155,6 +170,6 @@ def status_view(
         "tunnels_total": stats.tunnels_total,
         "memory_bytes": memory_bytes(),
         "workers": workers,
-        "upstreams": upstreams_view(snapshot, state_of),
+        "upstreams": upstreams_view(snapshot, state_of, discovered_of),
         "tcp_services": tcp_services_view(tcp or {}),
     }

@@ -83,7 +83,10 @@ def describe(config: Config) -> str:
     lines.append("upstreams:" if config.upstreams else "upstreams: none")
     for name, upstream in config.upstreams.items():
         count = len(upstream.servers)
-        lines.append(f"  {name}: {_policy(upstream)}, {count} server{'s' if count != 1 else ''}")
+        if upstream.servers_from is not None:
+            lines.append(f"  {name}: {_policy(upstream)}, {upstream.servers_from.describe()}")
+        else:
+            lines.append(f"  {name}: {_policy(upstream)}, {count} server{'s' if count != 1 else ''}")
         lines += [f"    {s.url}  weight {s.weight}" for s in upstream.servers]
         lines.append(f"    {_health(upstream.health_check)}")
     if config.tcp_services:

@@ -266,6 +266,8 @@ def _route_changes(old: Sequence[Route], new: Sequence[Route]) -> list[Change]:
 
 
 def _upstream_summary(upstream: Upstream) -> str:
+    if upstream.servers_from is not None:
+        return f"{upstream.balance}, {upstream.servers_from.describe()}"
     count = len(upstream.servers)
     return f"{upstream.balance}, {count} server{'s' if count != 1 else ''}"
 

@@ -24,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from fulcrum.config.discovery import ServersFrom
 from fulcrum.config.fields import HOSTNAME, MODEL, TOKEN, Network
 from fulcrum.config.gateway import Match as Match
 from fulcrum.config.gateway import Route as Route
@@ -595,7 +596,11 @@ Balance = Literal[
 
 
 class Upstream(BaseModel):
-    """A group of servers, the policy that picks among them, and how their health is judged."""
+    """A group of servers, the policy that picks among them, and how their health is judged.
+
+    The servers are listed (``servers``) or discovered in DNS (``servers_from``, ``fulcrum.config.discovery``);
+    a discovered group's ``servers`` is empty in the file's config and filled in the running one.
+    """
 
     model_config = _MODEL
 
@@ -603,7 +608,8 @@ class Upstream(BaseModel):
     hash_key: str = "ip"
     sticky: Sticky | None = None
     slow_start: OptionalDuration = 0.0  # 0 = off
-    servers: tuple[ServerSpec, ...]
+    servers: tuple[ServerSpec, ...] = ()
+    servers_from: ServersFrom | None = None
     health_check: HealthCheck | None = None
     timeouts: Timeouts = Timeouts()
     pool: Pool = Pool()
@@ -638,6 +644,22 @@ class Upstream(BaseModel):
         if problems:
             fail(problems)
         return servers
+
+    @model_validator(mode="before")
+    @classmethod
+    def _listed_or_discovered(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        if data.get("servers_from") is None:
+            if "servers" not in data:
+                fail([(("servers",), "missing (required): list the servers, or discover them with servers_from",
+                       None)])
+            return data
+        if "servers" in data and data["servers"] in ((), []):
+            return {k: v for k, v in data.items() if k != "servers"}  # a dump of a discovered group
+        if "servers" in data:
+            fail([(("servers_from",), "give either servers or servers_from, not both", None)])
+        return data
 
 
 # ---------------------------------------------------------------- routes: see fulcrum.config.gateway

@@ -1,8 +1,8 @@
-"""The control plane of one process: runtime changes, reloads, and what the admin API reads.
+"""The control plane of one process: runtime changes, reloads, DNS discovery, and what the admin API reads.
 
-Every change builds a new snapshot from the file's config with the runtime overlay applied
-(``fulcrum.state.changes``) and swaps it in; changes are serialised by one lock, so two admin
-calls never build from the same base.
+Every change builds a new snapshot from the file's config, with the servers discovered in DNS filled in
+(``fulcrum.state.discovery``) and the runtime overlay applied over that (``fulcrum.state.changes``), and
+swaps it in; changes are serialised by one lock, so two changes never build from the same base.
 
 With ``state: {backend: redis}`` the overlay is shared (``fulcrum.state.redis``): each change made
 here is handed to the store after it is applied, and a change made on another instance replaces
@@ -24,10 +24,12 @@ from fulcrum.config.state import redact_url
 from fulcrum.proxy.context import Metrics, Stats
 from fulcrum.proxy.server import ProxyServer
 from fulcrum.state.changes import ChangeError, Key, Overlay, State, server_id
+from fulcrum.state.discovery import Discovered
 from fulcrum.state.redis import shared_overlay
 from fulcrum.state.server import Down, Server
 from fulcrum.state.snapshot import Snapshot
 from fulcrum.state.tcp import TcpGroup
+from fulcrum.supervisor.discovery import DnsDiscovery
 
 log = logging.getLogger("fulcrum")
 
@@ -49,11 +51,21 @@ class Control:
         self._lock = asyncio.Lock()
         self._removals: asyncio.Task[None] | None = None
         self.shared = shared_overlay(config.state, self._on_shared)  # None: this instance's memory only
+        self.discovered = Discovered()
+        self._dns = DnsDiscovery(self.discovered, self._rediscovered)
 
     async def start(self) -> None:
-        """Load the shared runtime changes, when the state is shared (before the proxy takes traffic)."""
+        """Load the shared runtime changes, when the state is shared (before the proxy takes traffic); look up
+        the discovered groups once (before the first health round), then keep them up to date."""
         if self.shared is not None:
             await self.shared.start()
+        if await self._dns.first(self.file_config):
+            async with self._lock:
+                try:
+                    await self._apply()
+                except (ConfigError, OSError) as err:  # the groups fill on the next change instead
+                    log.error("the servers discovered in DNS could not be put in force: %s", err)
+        self._dns.sync(self.file_config)
 
     # -- reading -------------------------------------------------------------------
 
@@ -91,6 +103,12 @@ class Control:
 
     def server_state(self, group: str, server: Server) -> State:
         return self.overlay.state((group, server.id))
+
+    def discovered_ids(self, group: str) -> frozenset[str]:
+        """The ids of the servers of ``group`` that DNS discovery found."""
+        spec = self.file_config.upstreams.get(group)
+        source = spec.servers_from if spec is not None else None
+        return self.discovered.ids(group, source) if source is not None else frozenset()
 
     def find(self, group: str, sid: str) -> Server:
         """The server ``sid`` of ``group`` in the running snapshot; ``ChangeError`` 404 when there is none."""
@@ -184,7 +202,9 @@ class Control:
             started = time.time()
             try:
                 config = load_config(self.path)
+                await self._dns.first(config)  # a new or changed servers_from is looked up before it goes in
                 await self._apply(config)
+                self._dns.sync(config)
             except ConfigError as err:
                 errors = [str(issue) for issue in err.errors]
             except OSError as err:
@@ -202,10 +222,15 @@ class Control:
 
     # -- applying --------------------------------------------------------------------
 
+    async def _rediscovered(self) -> None:
+        """A discovered group's servers changed: a new snapshot (servers that stay keep their state)."""
+        async with self._lock:
+            await self._apply()
+
     async def _apply(self, config: Config | None = None) -> None:
         """Swap in the overlay over ``config`` (a new file) or over the file config already running."""
         base = config if config is not None else self.file_config
-        effective = self.overlay.effective(base)
+        effective = self.overlay.effective(self.discovered.fill(base))
         same_routes = config is None or config.routes == self.file_config.routes
         await self.server.apply(effective, same_routes=same_routes, prepare=self._set_flags)
         self.file_config = base
@@ -245,6 +270,7 @@ class Control:
                 self._watch_removals()
 
     async def close(self) -> None:
+        await self._dns.close()
         if self._removals is not None:
             self._removals.cancel()
         if self.shared is not None:

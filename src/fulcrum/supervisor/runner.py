@@ -65,7 +65,7 @@ class Instance:
         runtime changes (``state: redis``), then serve."""
         if self.admin is not None:
             self.admin.bind()
-        await self.control.start()
+        await self.control.start()  # shared changes and DNS discovery's first answers, before the first health round
         await self.server.start()
         if self.admin is not None:
             await self.admin.start()
