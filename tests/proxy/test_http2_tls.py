@@ -229,7 +229,9 @@ def test_graceful_stop_sends_goaway_over_tls_and_lets_the_open_stream_finish(
         upstream.wait_for_requests(2, timeout=10)  # the slow request is in flight
         stopper = threading.Thread(target=proxy.stop, kwargs={"grace": 10})
         stopper.start()
-        # read as frames: h2's client state machine takes nothing more after a GOAWAY
+        # read as frames: h2's client state machine takes nothing more after a GOAWAY; the stream takes 0.5 s
+        # more, longer than the short timeout the client's last read left on the socket
+        client.sock.settimeout(10)
         data = b""
         while chunk := client.sock.recv(65536):
             data += chunk
