@@ -8,6 +8,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.proxy.harness import RunningProxy, client, echo, upstream_config
 from tests.support.rawhttp import read_response, send_raw
 from tests.support.upstream import UpstreamServer
@@ -175,6 +177,29 @@ def test_pipelined_requests_are_answered_in_order(proxy: RunningProxy) -> None:
         sock.sendall(raw + b"POST /echo?n=5 HTTP/1.1\r\n" + H + b"Content-Length: 3\r\n\r\nabc")
         paths = [json.loads(read_response(sock).body)["path"] for _ in range(6)]
     assert paths == [f"/echo?n={i}" for i in range(6)]
+
+
+@pytest.mark.parametrize("framing", ["chunked", "length"])
+def test_a_pipelined_request_whose_body_comes_later_is_read_on_once_it_is_served(
+    proxy: RunningProxy, framing: str
+) -> None:
+    # The second request is queued behind the first with only part of its body read; once the first is
+    # answered, reading must go on for the rest of that body (it used to wait for it forever).
+    body = b"0123456789" * 20
+    if framing == "chunked":
+        head = b"POST /echo?n=2 HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+        framed = b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+    else:
+        head = b"POST /echo?n=2 HTTP/1.1\r\n" + H + b"Content-Length: %d\r\n\r\n" % len(body)
+        framed = body
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(b"GET /slow-head/100 HTTP/1.1\r\n" + H + b"\r\n" + head + framed[:50])
+        assert read_response(sock).status == 200
+        sock.sendall(framed[50:] + b"GET /echo?n=3 HTTP/1.1\r\n" + H + b"\r\n")
+        second = json.loads(read_response(sock).body)
+        third = json.loads(read_response(sock).body)
+    assert second["path"] == "/echo?n=2" and second["body_len"] == len(body)
+    assert third["path"] == "/echo?n=3"
 
 
 def test_expect_100_continue_is_relayed(proxy: RunningProxy) -> None:

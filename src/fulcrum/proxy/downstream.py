@@ -73,6 +73,10 @@ _SPECIAL = {
 }
 for _name in HOP_BY_HOP:
     _SPECIAL.setdefault(_name, _DROP)
+#: The same, also under the spellings clients send (``Host``, ``Content-Length``, ``X-Request-ID``): looked up
+#: first as the line has it, so the usual spellings need no lower-casing.
+_SPELLED = {**{n.title(): k for n, k in _SPECIAL.items()}, b"X-Request-ID": _RID, b"Sec-WebSocket-Key": _WS_KEY,
+            b"Sec-WebSocket-Version": _WS_VERSION, b"TE": _DROP, **_SPECIAL}
 
 #: For each first letter of a header name (``& 31``: either case), the lengths of the handled names with that first
 #: letter: a line is looked at by name only when its byte at one of these lengths is the colon.
@@ -438,6 +442,7 @@ class ClientConnection(asyncio.Protocol):
             raise Reject(431, "request header block too large")
         pieces: list[bytes] | None = None
         lengths = _NAME_LENGTHS
+        spelled = _SPELLED
         for i in range(1, len(lines)):
             line = lines[i]
             size = len(line)
@@ -446,14 +451,22 @@ class ClientConnection(asyncio.Protocol):
             if not size:
                 continue
             kind = -1
-            value = b""
+            start = 0
             for length in lengths[line[0] & 31]:
                 if size > length and line[length] == 58:  # the colon: the name may be one handled here
-                    kind = _SPECIAL.get(line[:length].lower(), -1)
-                    value = line[length + 1 :].strip()
+                    name = line[:length]
+                    kind = spelled.get(name, -1)
+                    if kind < 0:
+                        kind = spelled.get(name.lower(), -1)
+                    start = length + 1
                     break
             if kind < 0:
                 continue
+            if start < size and line[start] == 32:
+                start += 1
+            value = line[start:]
+            if value and (value[0] == 32 or value[0] == 9 or line[size - 1] == 32 or line[size - 1] == 9):
+                value = value.strip()
             if kind <= _WS_VERSION:
                 if kind == _HOST:
                     ex.n_host += 1
@@ -605,6 +618,10 @@ class ClientConnection(asyncio.Protocol):
             nxt = pending.popleft()
             self.current = nxt
             self.state = BUSY
+            if not pending:  # nothing waits behind it: read on (the rest of its body, or the next request)
+                if nxt.phase == BODY:
+                    self.deadline = self.ctx.now + nxt.snap.header_timeout
+                self.unblock_read(self.BLOCK_PIPELINE)
             nxt.start()
             return
         if self.upgrade_for is ex:  # an Upgrade answered without 101: HTTP goes on with the bytes after it
