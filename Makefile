@@ -17,13 +17,18 @@ $(STAMP): pyproject.toml setup.py $(COMPILED)
 demo: $(STAMP)
 	$(VENV)/bin/fulcrum demo
 
-# The dashboard's browser test drives Debian's chromium, the state backend's tests a real redis-server; both are
-# installed here when missing (never failing the target: without them those tests are skipped with a message).
+# The dashboard's browser test drives Debian's chromium, the state backend's tests a real redis-server, the hot
+# path's cost check valgrind; all are installed here when missing (never failing the target: without them those
+# tests are skipped with a message).
 test: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium for the dashboard's browser test"; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
 		|| { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } \
 		|| echo "chromium could not be installed: the dashboard's browser test will be skipped"; }
+	@command -v valgrind >/dev/null 2>&1 || { echo "installing valgrind for the hot path's instruction counts"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind >/dev/null 2>&1; } \
+		|| echo "valgrind could not be installed: the hot path's cost check will be skipped"; }
 	@command -v redis-server >/dev/null 2>&1 || { echo "installing redis-server for the state backend's tests"; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null 2>&1 \
 		|| { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null 2>&1; } \
