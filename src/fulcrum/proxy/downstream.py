@@ -80,9 +80,9 @@ _SPELLED = {**{n.title(): k for n, k in _SPECIAL.items()}, b"X-Request-ID": _RID
 
 #: For each first letter of a header name (``& 31``: either case), the lengths of the handled names with that first
 #: letter: a line is looked at by name only when its byte at one of these lengths is the colon.
-_NAME_LENGTHS: list[tuple[int, ...]] = [
+_NAME_LENGTHS: tuple[tuple[int, ...], ...] = tuple(
     tuple(sorted({len(name) for name in _SPECIAL if name[0] & 31 == letter})) for letter in range(32)
-]
+)
 
 
 class Reject(Exception):
@@ -437,22 +437,25 @@ class ClientConnection(asyncio.Protocol):
         lines = head.split(b"\r\n")
         lines.pop()  # the head ends with a CRLF
         n = len(head)
-        first = run = pos = len(lines[0]) + 2  # past the request line
-        if n - pos > ex.snap.max_header_bytes:
+        first = run = len(lines[0]) + 2  # past the request line
+        if n - first > ex.snap.max_header_bytes:
             raise Reject(431, "request header block too large")
         pieces: list[bytes] | None = None
         lengths = _NAME_LENGTHS
         spelled = _SPELLED
-        for i in range(1, len(lines)):
-            line = lines[i]
+        pos = 0
+        for line in lines:
             size = len(line)
             at = pos
             pos += size + 2
-            if not size:
+            if not at or not size:
+                continue  # the request line
+            candidates = lengths[line[0] & 31]
+            if not candidates:
                 continue
             kind = -1
             start = 0
-            for length in lengths[line[0] & 31]:
+            for length in candidates:
                 if size > length and line[length] == 58:  # the colon: the name may be one handled here
                     name = line[:length]
                     kind = spelled.get(name, -1)
