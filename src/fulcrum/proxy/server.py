@@ -21,6 +21,7 @@ from fulcrum.proxy.downstream import IDLE, ClientConnection
 from fulcrum.proxy.guards import Guards
 from fulcrum.proxy.http2 import H2Connection
 from fulcrum.proxy.redirect import RedirectConnection
+from fulcrum.proxy.sockets import bind_listener
 from fulcrum.proxy.tcp import Pending, TcpServices
 from fulcrum.proxy.tls import ALPN_HTTP11, ALPN_PROTOCOLS, ListenerTLS, client_tls
 from fulcrum.state.redis import RedisBuckets, redis_buckets
@@ -63,23 +64,6 @@ def _tick_for(config: Config) -> float:
         + [s.timeouts.idle for s in config.tcp_services.values() if s.timeouts.idle > 0]
     )
     return max(0.01, min(0.25, shortest / 5))
-
-
-def bind_listener(address: Address) -> socket.socket:
-    """A new non-blocking socket listening on ``address``."""
-    host, port = address
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, type_, proto, _, bound = infos[0]
-    sock = socket.socket(family, type_, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(bound)
-        sock.listen(4096)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 class ProxyServer:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from fulcrum.config.tcp import TcpService, format_address
 from fulcrum.health.tcp import TcpHealthChecker
+from fulcrum.proxy.sockets import bind_listener
 from fulcrum.state.server import Down
 from fulcrum.state.tcp import TcpGroup, TcpRegistry, TcpServer
 
@@ -280,21 +281,6 @@ class ClientSide(_Side):
             self.transport.abort()
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, type_, proto, _, address = infos[0]
-    sock = socket.socket(family, type_, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(4096)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 class Pending:
     """A reload's TCP side, bound and not yet in force: ``commit`` it, or ``cancel`` it to close what it bound."""
 
@@ -343,7 +329,7 @@ class TcpServices:
             if key in self._listeners or key in pending.bound:
                 continue
             try:
-                pending.bound[key] = _bind(spec.listen.host, spec.listen.port)
+                pending.bound[key] = bind_listener((spec.listen.host, spec.listen.port))
             except OSError as err:
                 pending.cancel()
                 raise OSError(err.errno, f"tcp_services.{name}.listen {spec.listen}: {err.strerror or err}") from err
