@@ -16,6 +16,7 @@ from setuptools import setup
 #: Modules on the path of every request and every byte.
 COMPILED = [
     "src/fulcrum/proxy/downstream.py",
+    "src/fulcrum/proxy/rawhead.py",
     "src/fulcrum/proxy/h2stream.py",
     "src/fulcrum/proxy/exchange.py",
     "src/fulcrum/proxy/upstream.py",
