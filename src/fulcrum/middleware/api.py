@@ -34,6 +34,16 @@ HeadersInit = Mapping[str, str] | Iterable[tuple[str, str]] | None
 _FRAMING = frozenset(("content-length", "transfer-encoding", "connection"))
 
 
+_KEYS: dict[str, bytes] = {}  # header names asked for, as the lower-case b"name:" a line begins with
+
+
+def _key(name: str) -> bytes:
+    key = name.lower().encode("latin-1") + b":"
+    if len(_KEYS) < 1024:  # the names the built-ins and plugins ask for: a few
+        _KEYS[name] = key
+    return key
+
+
 def _lines_to_headers(lines: Iterable[bytes]) -> Headers:
     headers: Headers = CIMultiDict()
     for line in lines:
@@ -144,10 +154,14 @@ class Request:
         """The first value of header ``name`` (any case), or None; cheap, no mapping is built."""
         if self._headers is not None:
             return self._headers.get(name)
-        key = name.lower().encode("latin-1") + b":"
+        key = _KEYS.get(name)
+        if key is None:
+            key = _key(name)
         n = len(key)
+        c = key[0] | 0x20
         for line in self._lines:
-            if line[:n].lower() == key:
+            # the first letter, lower-cased, rules most lines out without a slice
+            if len(line) > n and line[0] | 0x20 == c and line[:n].lower() == key:
                 return line[n:].strip().decode("latin-1")
         return None
 
@@ -155,12 +169,16 @@ class Request:
         """The first values of two headers in one pass over the raw lines (the access log's referer and agent)."""
         if self._headers is not None:
             return self._headers.get(first), self._headers.get(second)
-        key1 = first.lower().encode("latin-1") + b":"
-        key2 = second.lower().encode("latin-1") + b":"
+        key1 = _KEYS.get(first)
+        if key1 is None:
+            key1 = _key(first)
+        key2 = _KEYS.get(second)
+        if key2 is None:
+            key2 = _key(second)
         n1 = len(key1)
         n2 = len(key2)
-        c1 = key1[0]
-        c2 = key2[0]
+        c1 = key1[0] | 0x20
+        c2 = key2[0] | 0x20
         one: str | None = None
         two: str | None = None
         for line in self._lines:
@@ -304,6 +322,15 @@ class Response:
             self._low = None
         else:
             self.headers.popall(name, None)
+
+    def raw_head(self) -> bytes | None:
+        """The raw head (status line and lines, no final blank line), or None once the mapping was built."""
+        return self._head if self._headers is None else None
+
+    def replace_raw(self, head: bytes) -> None:
+        """Put ``head`` (from ``raw_head``, edited) in place of the raw head."""
+        self._head = head
+        self._low = None
 
     def edit_raw(self, pattern: re.Pattern[bytes] | None, append: bytes, keys: tuple[bytes, ...] = ()) -> None:
         """Cut the lines ``pattern`` finds and append ``append`` (``b"\\r\\nName: value..."``): the built-ins'

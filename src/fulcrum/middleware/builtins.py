@@ -281,23 +281,45 @@ class HeadersMiddleware(Builtin):
         self.pattern = edits.pattern if edits is not None else None
         self.append = edits.raw_append if edits is not None else b""
         self.cut_keys = edits.keys if edits is not None else ()
+        self.cut: frozenset[bytes] = edits.cut if edits is not None else frozenset()
         self.preset = preset
-        # the preset's lines, each with the lower-case b"\r\nname:" that shows the response has it already
+        # the preset's lines, each with its lower-case name; a name the route sets or removes is left to that
         self.absent_lines: tuple[tuple[bytes, bytes], ...] = tuple(
-            (b"\r\n" + k.lower().encode("latin-1") + b":", f"\r\n{k}: {v}".encode("latin-1")) for k, v in self.if_absent
+            (k.lower().encode("latin-1"), f"\r\n{k}: {v}".encode("latin-1")) for k, v in self.if_absent
+            if k.lower().encode("latin-1") not in self.cut
         )
+        # what a response that has none of the names gets: the whole preset after the set lines
+        self.append_all = self.append + b"".join(line for _, line in self.absent_lines)
+        # one pass over the raw head finds which of the names it has (mostly none)
+        names = sorted({*self.cut, *(name for name, _ in self.absent_lines)})
+        self.finder: re.Pattern[bytes] | None = re.compile(
+            rb"\r\n(" + b"|".join(re.escape(n) for n in names) + rb")[ \t]*:", re.IGNORECASE
+        ) if names else None
 
     def on_response(self, req: Request, resp: Response) -> None:
+        head = resp.raw_head()
+        finder = self.finder
+        if head is not None and finder is not None:
+            found = finder.findall(head)
+            if not found:
+                resp.replace_raw(head + self.append_all)
+                return
+            present = {name.lower() for name in found}
+            parts = [self.append]
+            for pair in self.absent_lines:
+                if pair[0] not in present:
+                    parts.append(pair[1])
+            pattern = self.pattern
+            if pattern is not None and not self.cut.isdisjoint(present):
+                head = pattern.sub(b"", head)
+            resp.replace_raw(head + b"".join(parts))
+            return
+        # the mapping was built by another middleware (or nothing to look for)
         append = self.append
-        absent = self.absent_lines
-        if absent:
-            low = resp.lowered()
+        if self.absent_lines:
             parts = [append]
-            for pair in absent:
-                if low is not None:
-                    if low.find(pair[0]) < 0:
-                        parts.append(pair[1])
-                elif resp.header(pair[0][2:-1].decode("latin-1")) is None:
+            for pair in self.absent_lines:
+                if resp.header(pair[0].decode("latin-1")) is None:
                     parts.append(pair[1])
             append = b"".join(parts)
         resp.edit_raw(self.pattern, append, self.cut_keys)

@@ -125,11 +125,16 @@ def _clf_time(second: int) -> str:
 
 def _quoted(text: str) -> str:
     """``text`` for a double-quoted field (the common case, printable ASCII without quotes, as it is)."""
-    return text if _SAFE_QUOTED.fullmatch(text) is not None else _escape(text, _QUOTED)
+    # isprintable on ASCII text is exactly " " to "~": cheaper than the regex for the common case
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    return _escape(text, _QUOTED)
 
 
 def _bare(text: str) -> str:
-    return text if _SAFE_BARE.fullmatch(text) is not None else _escape(text, _BARE)
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text and " " not in text:
+        return text
+    return _escape(text, _BARE)
 
 
 _BARE_SEEN: dict[str, str] = {}  # server ids, escaped: a small set, the same on every line

@@ -52,7 +52,32 @@ def new_traceparent(trace_id: str | None = None) -> str:
     return f"00-{trace_id}-{_random_hex(8)}-01"
 
 
+class _ParentIds:
+    """Parent ids cut from one draw of 256 at a time: a slice per request instead of a draw and two
+    conversions."""
+
+    __slots__ = ("at", "pool")
+
+    def __init__(self) -> None:
+        self.pool = b""
+        self.at = 0
+
+    def next(self) -> bytes:
+        while True:
+            at = self.at
+            if at >= len(self.pool):
+                self.pool = _RANDOM.getrandbits(64 * 256).to_bytes(2048, "big").hex().encode("ascii")
+                at = 0
+            self.at = at + 16
+            ident = self.pool[at : at + 16]
+            if ident != _ZERO_PARENT_BYTES:  # all zero is invalid
+                return ident
+
+
+_ZERO_PARENT_BYTES = b"0" * 16
+_PARENT_IDS = _ParentIds()
+
+
 def new_parent_id() -> bytes:
     """A random parent id (16 lowercase hex digits, not all zero), as bytes for a header line."""
-    value = _RANDOM.getrandbits(64) or 1
-    return value.to_bytes(8, "big").hex().encode("ascii")
+    return _PARENT_IDS.next()
