@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -80,7 +79,8 @@ class ClientConnection(asyncio.Protocol):
         self.proto = HTTPS if tls else HTTP  # what X-Forwarded-Proto and Forwarded say
         self.alpn = ""  # the protocol a TLS connection negotiated (ALPN)
         self.transport: asyncio.Transport | None = None
-        self.parser = self._new_parser()
+        #: None while parked: an idle keep-alive connection gives its parser back (``park``), the next read makes one
+        self.parser: httptools.HttpRequestParser | None = self._new_parser()
         self.state = IDLE
         self.deadline = 0.0
         self.current: Exchange | None = None
@@ -114,12 +114,6 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
         ctx = self.ctx
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
         if self.proto == HTTPS:
             self.alpn = negotiated_protocol(transport)
         peer = transport.get_extra_info("peername")
@@ -169,8 +163,11 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = self.ctx.now + self.ctx.snapshot.header_timeout
         self.feed = data
         self.cursor = 0
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = self._new_parser()
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self.feed = b""
             self._after_upgrade(data, int(upgrade.args[0]))
@@ -186,7 +183,7 @@ class ClientConnection(asyncio.Protocol):
             return
         except httptools.HttpParserError as err:
             self.feed = b""
-            if self.parser.get_method() == b"PRI" and self._to_http2(data):
+            if parser.get_method() == b"PRI" and self._to_http2(data):
                 return
             self.reject(400, f"malformed request ({err})", self.building)
             return
@@ -375,6 +372,7 @@ class ClientConnection(asyncio.Protocol):
         assert ex is not None
         scan_head(ex, self._take_head())
         parser = self.parser
+        assert parser is not None  # called by it
         version = parser.get_http_version()
         if version[:2] != "1.":
             raise Reject(505, f"HTTP version {version} is not supported")
@@ -432,7 +430,8 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         ex = self.building
-        assert ex is not None
+        if ex is None:  # a bodiless request answered within its head's callback: let go of by exchange_done
+            return
         chunks = self.chunks
         if chunks is not None:
             self.chunks = None
@@ -498,6 +497,8 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = self.ctx.now + self.ctx.snapshot.header_timeout
         else:
             self.state = IDLE
+            if building is ex and ex.phase == DONE:  # an idle connection keeps no exchange
+                self.building = None
             if self.ctx.draining:
                 self.close()
                 return
@@ -534,6 +535,12 @@ class ClientConnection(asyncio.Protocol):
             rid = self.ctx.ids.next()
         transport.write(error_response(status, detail, rid, close=True, extra=extra))
         self.close()
+
+    def park(self) -> None:
+        """Give the parser back while idle (the allocator gets about 0.9 KiB: the parser, its C state and
+        its bound callbacks); the next read makes a new one. Only between requests: nothing is in it."""
+        if self.state == IDLE and self.raw_left == 0 and self.upgrade_for is None:
+            self.parser = None
 
     def close(self) -> None:
         transport = self.transport
@@ -577,3 +584,10 @@ class ClientConnection(asyncio.Protocol):
         ex = self.current
         if ex is not None and ex.upstream is not None and ex.upstream.transport is not None:
             ex.upstream.transport.resume_reading()
+
+
+def park_idle(clients: set[object]) -> None:
+    """Park the parsers of the idle HTTP/1.1 connections among ``clients`` (called about once a second)."""
+    for client in clients:
+        if isinstance(client, ClientConnection) and client.state == IDLE and client.parser is not None:
+            client.park()

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from fulcrum.balancing import hash_key_value, observe_latency, sticky_lookup, sticky_set_cookie, sticky_token
 from fulcrum.balancing.base import EMPTY_CONTEXT, PickContext
@@ -52,6 +52,7 @@ log = logging.getLogger("fulcrum.proxy")
 HEAD, BODY, DONE = 0, 1, 2
 
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
+NONE_TRIED: Final[frozenset[str]] = frozenset()  # shared: an empty frozenset is 216 bytes each
 #: Request body bytes held while no upstream connection is ready, before the client is paused.
 BODY_BUFFER_LIMIT = 64 * 1024
 LAST_CHUNK = b"0\r\n\r\n"
@@ -188,7 +189,7 @@ class Exchange:
         self.t_total = 0.0
         self.queued = False
         self.finished = False
-        self.tried: frozenset[str] = frozenset()
+        self.tried: frozenset[str] = NONE_TRIED
         self.attempts = 1
         self.replay: list[bytes] | None = None  # request body kept for a retry (None: no retry possible)
         # gateway: the route, and for routes with middleware the request/response views and the async onion
