@@ -6,10 +6,10 @@ Names are compared lower-cased as bytes, as httptools hands them over.
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import os
 import re
 from collections.abc import Iterable
+from typing import Final
 
 #: Removed in both directions (RFC 9110 7.6.1), plus what Connection names.
 HOP_BY_HOP = frozenset(
@@ -25,16 +25,28 @@ def valid_request_id(value: bytes) -> bool:
 
 
 class RequestIds:
-    """Generates unique request ids cheaply: a random per-process prefix and a counter."""
+    """Generates unique request ids cheaply: a random per-process prefix and a counter, as 32 hex digits.
 
-    __slots__ = ("counter", "prefix")
+    The counter's hex digits but the last two are formatted once per 256 ids; each id is then two joins.
+    """
+
+    __slots__ = ("block", "n", "prefix")
 
     def __init__(self) -> None:
         self.prefix = os.urandom(8).hex().encode("ascii")
-        self.counter = itertools.count(1)
+        self.n = 0
+        self.block = b""  # the prefix and the counter's hex digits but the last two
 
     def next(self) -> bytes:
-        return self.prefix + b"%016x" % next(self.counter)
+        n = self.n + 1
+        self.n = n
+        low = n & 255
+        if low == 0 or not self.block:
+            self.block = self.prefix + b"%014x" % (n >> 8)
+        return self.block + _HEX2[low]
+
+
+_HEX2: Final = tuple(b"%02x" % i for i in range(256))
 
 
 def connection_tokens(value: bytes) -> set[bytes]:

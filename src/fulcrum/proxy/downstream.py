@@ -401,7 +401,7 @@ class ClientConnection(asyncio.Protocol):
             self._check_upgrade(ex)
         if not ex.rid:
             ids = self.ctx.ids
-            ex.rid = ids.prefix + b"%016x" % next(ids.counter)
+            ex.rid = ids.next()
             ex.rid_own = True
         if ex.chunked_in:
             self.chunks = ChunkedEnd()

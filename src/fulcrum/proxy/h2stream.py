@@ -212,7 +212,7 @@ def request_fields(
         # _DROP: hop-by-hop, not forwarded
     if not ex.rid:  # from here on an error answer names the request
         ids = ex.client.ctx.ids
-        ex.rid = ids.prefix + b"%016x" % next(ids.counter)
+        ex.rid = ids.next()
         ex.rid_own = True
     if method is None or scheme is None or path is None:
         if method == b"CONNECT" and path is None and scheme is None:
