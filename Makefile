@@ -3,12 +3,13 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Compiled by mypyc at install (setup.py): a change to one of them means building again.
+# Compiled at install (setup.py: mypyc for these, a C compiler for the .c files): a change to one means building again.
 COMPILED := $(shell sed -n 's/^ *"\(src\/fulcrum\/.*\.py\)",$$/\1/p' setup.py)
+C_SOURCES := $(wildcard src/fulcrum/proxy/*.c)
 
 .PHONY: demo test test-pure lint bench clean
 
-$(STAMP): pyproject.toml setup.py $(COMPILED)
+$(STAMP): pyproject.toml setup.py $(COMPILED) $(C_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

@@ -338,48 +338,39 @@ class ClientConnection(asyncio.Protocol):
         if len(ex.target) > ex.snap.max_request_line:
             raise Reject(414, "request line too long")
 
-    def _take_head(self) -> bytes:
-        """The head the parser just finished (request line and header lines, each with its CRLF), as it came.
-
-        llhttp has checked it; here it is only found: from where the message began (in this read, or in
-        earlier ones kept in ``hparts``) to the first blank line. ``cursor`` moves past it.
-        """
+    def on_headers_complete(self) -> None:
+        """The parser has checked a head: find it in what was read (from where the message began, in this read
+        or in earlier ones kept in ``hparts``) and read it; ``cursor`` moves past it."""
+        ex = self.building
+        assert ex is not None
         parts = self.hparts
-        feed = self.feed
         if parts is not None:
             self.hparts = None
             before = sum(len(p) for p in parts)
-            parts.append(feed)
+            parts.append(self.feed)
             source = b"".join(parts)
             start = 0
         else:
             before = 0
-            source = feed
+            source = self.feed
             start = self.hstart
             if start < 0:
                 raise Reject(400, "the request head could not be located")
         n = len(source)
         while start < n and (source[start] == 13 or source[start] == 10):
             start += 1  # blank lines before a request line are ignored (RFC 9112 2.2)
-        end = source.find(b"\r\n\r\n", start)
-        if end < 0:
-            raise Reject(400, "the request head could not be located")
-        self.cursor = end + 4 - before
-        return source[start : end + 2]
-
-    def on_headers_complete(self) -> None:
-        ex = self.building
-        assert ex is not None
-        scan_head(ex, self._take_head())
-        parser = self.parser
-        assert parser is not None  # called by it
-        version = parser.get_http_version()
-        if version[:2] != "1.":
-            raise Reject(505, f"HTTP version {version} is not supported")
-        ex.version11 = version != "1.0"
-        ex.method = method = parser.get_method()
+        self.cursor = scan_head(ex, source, start) - before
+        method = ex.method
+        if not method:  # the parser's to tell
+            parser = self.parser
+            assert parser is not None  # called by it
+            version = parser.get_http_version()
+            if version[:2] != "1.":
+                raise Reject(505, f"HTTP version {version} is not supported")
+            ex.version11 = version != "1.0"
+            ex.method = method = parser.get_method()
+            ex.keep_alive = parser.should_keep_alive()
         ex.method_head = method == b"HEAD"
-        ex.keep_alive = parser.should_keep_alive()
         if method == b"CONNECT":
             raise Reject(405, "CONNECT is not supported")
         if ex.n_host > 1:

@@ -1,6 +1,7 @@
 """Request heads as the client sent them: what Fulcrum handles is taken out, the rest is forwarded unparsed.
 
-llhttp has checked every byte of a head before it gets here; ``scan_head`` only sorts its lines. A line whose
+llhttp has checked every byte of a head before it gets here; ``scan_head`` only sorts its lines, which
+``index_head`` (C, ``_headscan.c``; ``_index_head_py`` where that is not built) finds in one pass. A line whose
 name Fulcrum does not handle stays in one block (``Exchange.raw``), forwarded as it came; the handled ones
 (framing, hop-by-hop, forwarding headers, the request id, ...) fill the exchange's fields, and those Fulcrum
 writes itself are cut out. ``Reject`` is how the client side's parser callbacks refuse a request.
@@ -8,6 +9,7 @@ writes itself are cut out. ``Reject`` is how the client side's parser callbacks 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from fulcrum.http.headers import HOP_BY_HOP, connection_tokens, valid_request_id
@@ -33,6 +35,7 @@ _FWD: Final = 11
 _RID: Final = 12
 _UPGRADE: Final = 13
 _DROP: Final = 14
+_PROXY_CONN: Final = 15  # dropped too; llhttp reads it as Connection, so keep-alive is then the parser's answer
 _SPECIAL = {
     b"host": _HOST,
     b"content-length": _CL,
@@ -49,18 +52,12 @@ _SPECIAL = {
     b"sec-websocket-key": _WS_KEY,
     b"sec-websocket-version": _WS_VERSION,
 }
+_SPECIAL[b"proxy-connection"] = _PROXY_CONN
 for _name in HOP_BY_HOP:
     _SPECIAL.setdefault(_name, _DROP)
-#: The same, also under the spellings clients send (``Host``, ``Content-Length``, ``X-Request-ID``): looked up
-#: first as the line has it, so the usual spellings need no lower-casing.
-_SPELLED = {**{n.title(): k for n, k in _SPECIAL.items()}, b"X-Request-ID": _RID, b"Sec-WebSocket-Key": _WS_KEY,
-            b"Sec-WebSocket-Version": _WS_VERSION, b"TE": _DROP, **_SPECIAL}
-
-#: For each first letter of a header name (``& 31``: either case), the lengths of the handled names with that first
-#: letter: a line is looked at by name only when its byte at one of these lengths is the colon.
-_NAME_LENGTHS: tuple[tuple[int, ...], ...] = tuple(
-    tuple(sorted({len(name) for name in _SPECIAL if name[0] & 31 == letter})) for letter in range(32)
-)
+#: What ``index_head`` reports: the handled names, lower-case, with their kinds.
+_TABLE: Final = tuple(_SPECIAL.items())
+_GET: Final = b"GET"
 
 
 class Reject(Exception):
@@ -73,50 +70,77 @@ class Reject(Exception):
         self.extra = extra
 
 
-def scan_head(ex: Exchange, head: bytes) -> None:
-    """Take what Fulcrum handles from the header lines of ``head``; keep the rest as ``ex.raw``, unparsed.
+def _index_head_py(source: bytes, start: int) -> tuple[int, ...] | None:
+    """``_headscan.index_head`` in Python: where the builds have no C compiler, and to test the two agree.
 
-    One pass: a line is forwarded as it came unless its name is one Fulcrum handles (framing,
-    hop-by-hop, forwarding headers, the request id, ...), told apart by first letter and length before
-    any slice is made. The lines Fulcrum sets itself are cut out; ``Exchange.header_lines`` builds the
-    per-line form only for routes and middleware that read or change headers.
+    The head begins at ``start`` with its request line. Returns the offset of its blank line, that of its
+    first header line, and then five numbers for each line whose name is handled here: its kind, where the
+    line begins, where its value begins and ends (without surrounding blanks), where the next line begins.
+    None: no blank line ends a head there.
     """
-    lines = head.split(b"\r\n")
-    lines.pop()  # the head ends with a CRLF
-    n = len(head)
-    first = run = len(lines[0]) + 2  # past the request line
-    if n - first > ex.snap.max_header_bytes:
-        raise Reject(431, "request header block too large")
-    pieces: list[bytes] | None = None
-    lengths = _NAME_LENGTHS
-    spelled = _SPELLED
-    pos = 0
-    for line in lines:
-        size = len(line)
+    end = source.find(b"\r\n\r\n", start)
+    if end < 0:
+        return None
+    lines = source[start : end + 2].split(b"\r\n")
+    first = pos = start + len(lines[0]) + 2
+    found = [0, first]
+    for i in range(1, len(lines) - 1):  # the last is empty: the head ends with a CRLF
+        line = lines[i]
         at = pos
-        pos += size + 2
-        if not at or not size:
-            continue  # the request line
-        candidates = lengths[line[0] & 31]
-        if not candidates:
+        pos += len(line) + 2
+        colon = line.find(b":")
+        if colon <= 0:
             continue
-        kind = -1
-        start = 0
-        for length in candidates:
-            if size > length and line[length] == 58:  # the colon: the name may be one handled here
-                name = line[:length]
-                kind = spelled.get(name, -1)
-                if kind < 0:
-                    kind = spelled.get(name.lower(), -1)
-                start = length + 1
-                break
+        kind = _SPECIAL.get(line[:colon].lower(), -1)
         if kind < 0:
             continue
-        if start < size and line[start] == 32:
-            start += 1
-        value = line[start:]
-        if value and (value[0] == 32 or value[0] == 9 or line[size - 1] == 32 or line[size - 1] == 9):
-            value = value.strip()
+        begin = at + colon + 1
+        stop = pos - 2
+        while begin < stop and source[begin] in (32, 9):
+            begin += 1
+        while stop > begin and source[stop - 1] in (32, 9):
+            stop -= 1
+        found += (kind, at, begin, stop, pos)
+    found[0] = pos
+    return tuple(found)
+
+
+index_head: Callable[[bytes, int], tuple[int, ...] | None]
+try:
+    from fulcrum.proxy._headscan import configure as _configure
+    from fulcrum.proxy._headscan import index_head as _index_head_c
+except ImportError:  # built without a C compiler (FULCRUM_PURE=1): the same in Python
+    index_head = _index_head_py
+else:
+    _configure(_TABLE)
+    index_head = _index_head_c
+
+
+def scan_head(ex: Exchange, source: bytes, start: int) -> int:
+    """Read the head that begins at ``start`` in ``source``; return the offset just past its blank line.
+
+    llhttp has checked the head and said it is complete; ``index_head`` finds its end and the lines whose
+    names Fulcrum handles (framing, hop-by-hop, forwarding headers, the request id, ...) in one pass over
+    its bytes. Those fill the exchange's fields, and the ones Fulcrum sets itself are cut out; every other
+    line is forwarded as it came, in ``ex.raw``. ``Exchange.header_lines`` builds the per-line form only
+    for routes and middleware that read or change headers.
+
+    The request line gives ``ex.method``, ``ex.version11`` and ``ex.keep_alive``; ``ex.method`` stays
+    empty when they are the parser's to tell (an unusual request line, a Proxy-Connection header).
+    """
+    found = index_head(source, start)
+    if found is None:
+        raise Reject(400, "the request head could not be located")
+    blank = found[0]
+    first = found[1]
+    if blank - first > ex.snap.max_header_bytes:
+        raise Reject(431, "request header block too large")
+    pieces: list[bytes] | None = None
+    run = first
+    ask_parser = False
+    for j in range(2, len(found), 5):
+        kind = found[j]
+        value = source[found[j + 2] : found[j + 3]]
         if kind <= _WS_VERSION:
             if kind == _HOST:
                 ex.n_host += 1
@@ -132,9 +156,10 @@ def scan_head(ex: Exchange, head: bytes) -> None:
             continue
         if pieces is None:
             pieces = []
+        at = found[j + 1]
         if at > run:
-            pieces.append(head[run:at])
-        run = pos
+            pieces.append(source[run:at])
+        run = found[j + 4]
         if kind == _CL:
             try:
                 ex.cl = int(value)
@@ -159,10 +184,45 @@ def scan_head(ex: Exchange, head: bytes) -> None:
                 ex.rid = value
         elif kind == _UPGRADE:
             ex.upgrade = value if ex.upgrade is None else ex.upgrade + b", " + value
+        elif kind == _PROXY_CONN:
+            ask_parser = True
         # _DROP: hop-by-hop, not forwarded
     if pieces is None:
-        ex.raw = head[first:] if first < n else b""
+        ex.raw = source[first:blank] if first < blank else b""
     else:
-        if run < n:
-            pieces.append(head[run:])
+        if run < blank:
+            pieces.append(source[run:blank])
         ex.raw = b"".join(pieces)
+    if not ask_parser:
+        request_line_fields(ex, source, start, first - 2)
+    return blank + 2
+
+
+def request_line_fields(ex: Exchange, source: bytes, start: int, end: int) -> None:
+    """Method, version and keep-alive from a request line llhttp has checked (``METHOD SP target SP HTTP/d.d``),
+    ``source[start:end]``.
+
+    Leaves ``ex.method`` empty for the parser to answer when the line does not end as expected.
+    """
+    if (end - start < 14 or source[end - 8] != 72 or source[end - 4] != 47 or source[end - 2] != 46
+            or source[end - 9] != 32):
+        return  # not "... HTTP/d.d"
+    major = source[end - 3]
+    minor = source[end - 1]
+    if major != 49:  # "1"
+        version = source[end - 3 : end].decode("latin-1")
+        raise Reject(505, f"HTTP version {version} is not supported")
+    space = start
+    while space < end and source[space] != 32:
+        space += 1
+    if space == start + 3 and source[start] == 71 and source[start + 1] == 69 and source[start + 2] == 84:
+        ex.method = _GET
+    else:
+        ex.method = source[start:space]
+    tokens = ex.conn_tokens
+    if minor != 48:  # HTTP/1.1 (llhttp reads any minor above 0 as 1.1)
+        ex.version11 = True
+        ex.keep_alive = tokens is None or b"close" not in tokens
+    else:
+        ex.version11 = False
+        ex.keep_alive = tokens is not None and b"keep-alive" in tokens

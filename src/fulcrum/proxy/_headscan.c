@@ -1,0 +1,217 @@
+/* Finds a request head's lines in one pass and reports the few whose names Fulcrum handles.
+ *
+ * ``rawhead.scan_head`` does the rest in Python (mypyc-compiled); this is the part that looks at every byte:
+ * where each line ends, where the head ends (its first blank line), and for each header line whether its
+ * name is one of the names given to ``configure``. ``rawhead._index_head_py`` is the same in Python, used
+ * where this module was not built and in the tests that check the two agree.
+ *
+ * llhttp has checked the head before it gets here: lines end with CRLF and names are tokens.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#define MAX_NAMES 64
+#define MAX_PER_LETTER 8
+#define FIELDS 5 /* per handled line: kind, line start, value start, value end, next line's start */
+
+typedef struct {
+    const char *name; /* lower-case */
+    Py_ssize_t len;
+    long kind;
+} Name;
+
+static Name names[MAX_NAMES];
+static int n_names;
+static PyObject *kept; /* the configured names, held so the pointers above stay valid */
+static unsigned char by_letter[32][MAX_PER_LETTER]; /* name indices, by first letter (& 31) */
+static int n_by_letter[32];
+
+static PyObject *configure(PyObject *self, PyObject *table)
+{
+    (void)self;
+    if (!PyTuple_Check(table) || PyTuple_GET_SIZE(table) > MAX_NAMES) {
+        PyErr_SetString(PyExc_ValueError, "configure() takes a tuple of at most 64 (name, kind) pairs");
+        return NULL;
+    }
+    Name parsed[MAX_NAMES];
+    unsigned char letters[32][MAX_PER_LETTER];
+    int counts[32] = {0};
+    Py_ssize_t n = PyTuple_GET_SIZE(table);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PyTuple_GET_ITEM(table, i);
+        PyObject *name;
+        long kind;
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(pair, 0))) {
+            PyErr_SetString(PyExc_ValueError, "each entry must be a (bytes, int) pair");
+            return NULL;
+        }
+        name = PyTuple_GET_ITEM(pair, 0);
+        kind = PyLong_AsLong(PyTuple_GET_ITEM(pair, 1));
+        if (kind == -1 && PyErr_Occurred())
+            return NULL;
+        if (PyBytes_GET_SIZE(name) == 0) {
+            PyErr_SetString(PyExc_ValueError, "an empty name");
+            return NULL;
+        }
+        int letter = PyBytes_AS_STRING(name)[0] & 31;
+        if (counts[letter] == MAX_PER_LETTER) {
+            PyErr_SetString(PyExc_ValueError, "more than 8 names with one first letter");
+            return NULL;
+        }
+        letters[letter][counts[letter]++] = (unsigned char)i;
+        parsed[i].name = PyBytes_AS_STRING(name);
+        parsed[i].len = PyBytes_GET_SIZE(name);
+        parsed[i].kind = kind;
+    }
+    Py_INCREF(table);
+    Py_XSETREF(kept, table);
+    memcpy(names, parsed, sizeof(Name) * (size_t)n);
+    memcpy(by_letter, letters, sizeof(letters));
+    memcpy(n_by_letter, counts, sizeof(counts));
+    n_names = (int)n;
+    Py_RETURN_NONE;
+}
+
+/* The kind of the name in [p, p + len), or -1. */
+static long kind_of(const char *p, Py_ssize_t len)
+{
+    int letter = p[0] & 31;
+    for (int j = 0; j < n_by_letter[letter]; j++) {
+        const Name *candidate = &names[by_letter[letter][j]];
+        if (candidate->len != len)
+            continue;
+        Py_ssize_t k = 0; /* | 0x20 lower-cases a letter and leaves '-' as it is; no other byte of a token
+                             maps onto a letter or '-' */
+        while (k < len && (p[k] | 0x20) == candidate->name[k])
+            k++;
+        if (k == len)
+            return candidate->kind;
+    }
+    return -1;
+}
+
+/* The offset of the next CRLF at or after ``from``, or -1. */
+static Py_ssize_t next_crlf(const char *s, Py_ssize_t from, Py_ssize_t n)
+{
+    while (from < n) {
+        const char *cr = memchr(s + from, '\r', (size_t)(n - from));
+        if (cr == NULL)
+            return -1;
+        Py_ssize_t at = cr - s;
+        if (at + 1 < n && s[at + 1] == '\n')
+            return at;
+        from = at + 1;
+    }
+    return -1;
+}
+
+/* index_head(source, start) -> (blank, first, kind, at, value_start, value_end, next, ...) or None
+ *
+ * The head begins at ``start`` with its request line. ``blank`` is the offset of its blank line, ``first``
+ * that of its first header line; then five numbers for each header line whose name is configured. None:
+ * no blank line ends a head there.
+ */
+static PyObject *index_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "index_head(source: bytes, start: int)");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    if (start == -1 && PyErr_Occurred())
+        return NULL;
+    const char *s = PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    if (start < 0 || start > n) {
+        PyErr_SetString(PyExc_ValueError, "start out of range");
+        return NULL;
+    }
+    Py_ssize_t stack[2 + FIELDS * 8];
+    Py_ssize_t *found = stack;
+    Py_ssize_t cap = (Py_ssize_t)(sizeof(stack) / sizeof(stack[0]));
+    Py_ssize_t used = 2;
+    PyObject *result = NULL;
+
+    Py_ssize_t end = next_crlf(s, start, n);
+    if (end < 0)
+        Py_RETURN_NONE;
+    Py_ssize_t line = end + 2;
+    found[1] = line;
+    for (;;) {
+        end = next_crlf(s, line, n);
+        if (end < 0) {
+            result = Py_None;
+            Py_INCREF(result);
+            goto done;
+        }
+        if (end == line)
+            break; /* the blank line */
+        const char *colon = memchr(s + line, ':', (size_t)(end - line));
+        if (colon != NULL && colon > s + line) {
+            long kind = kind_of(s + line, colon - (s + line));
+            if (kind >= 0) {
+                Py_ssize_t vs = colon - s + 1;
+                Py_ssize_t ve = end;
+                while (vs < ve && (s[vs] == ' ' || s[vs] == '\t'))
+                    vs++;
+                while (ve > vs && (s[ve - 1] == ' ' || s[ve - 1] == '\t'))
+                    ve--;
+                if (used + FIELDS > cap) {
+                    Py_ssize_t grown = cap * 4;
+                    Py_ssize_t *bigger = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)grown);
+                    if (bigger == NULL) {
+                        PyErr_NoMemory();
+                        goto done;
+                    }
+                    memcpy(bigger, found, sizeof(Py_ssize_t) * (size_t)used);
+                    if (found != stack)
+                        PyMem_Free(found);
+                    found = bigger;
+                    cap = grown;
+                }
+                found[used] = kind;
+                found[used + 1] = line;
+                found[used + 2] = vs;
+                found[used + 3] = ve;
+                found[used + 4] = end + 2;
+                used += FIELDS;
+            }
+        }
+        line = end + 2;
+    }
+    found[0] = line;
+    result = PyTuple_New(used);
+    if (result == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < used; i++) {
+        PyObject *number = PyLong_FromSsize_t(found[i]);
+        if (number == NULL) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        PyTuple_SET_ITEM(result, i, number);
+    }
+done:
+    if (found != stack)
+        PyMem_Free(found);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", (PyCFunction)configure, METH_O, "configure(((name, kind), ...)): the names to report."},
+    {"index_head", (PyCFunction)(void (*)(void))index_head, METH_FASTCALL,
+     "index_head(source, start): the head's blank line, first header line and configured lines, or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "fulcrum.proxy._headscan", "Request head lines found in one pass.", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__headscan(void)
+{
+    return PyModule_Create(&module);
+}
