@@ -11,6 +11,7 @@ from fulcrum.http.headers import RequestIds
 from fulcrum.proxy.upstream import Pool
 
 if TYPE_CHECKING:
+    from fulcrum.proxy.downstream import ParserRelay
     from fulcrum.state.group import Group
     from fulcrum.state.server import Server
     from fulcrum.state.snapshot import Snapshot
@@ -141,6 +142,7 @@ class ProxyContext:
         self.draining = False
         self.started_wall = time.time()
         self.connect_tasks: set[asyncio.Task[None]] = set()
+        self.relay: ParserRelay | None = None  # the client side's pooled parsers (made by the first connection)
 
     def new_pool(self, group: Group, server: Server) -> Pool:
         pool = self.pools[server] = Pool(self, server)

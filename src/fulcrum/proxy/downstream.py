@@ -38,6 +38,75 @@ log = logging.getLogger("fulcrum.proxy")
 IDLE, READING_HEAD, BUSY, CLOSED, TUNNEL = 0, 1, 2, 3, 4
 HTTP, HTTPS = b"http", b"https"
 
+#: Parsers kept for reuse by one loop's connections (more are freed: a parser is needed only mid-request).
+POOLED_PARSERS = 256
+
+
+class ParserRelay:
+    """The protocol object of one loop's pooled parsers; ``conn`` is the connection whose bytes are being fed.
+
+    httptools binds a parser's callbacks to the object it is made with, so a parser made for a connection
+    stays with it. Made for the relay instead, a parser can serve any connection: a connection takes one
+    when a request begins and gives it back once idle, and an idle client holds no parser (about 0.9 KiB
+    with its C state and bound callbacks). ``feed`` sets ``conn`` around ``feed_data``.
+    """
+
+    __slots__ = ("conn", "pool")
+
+    def __init__(self) -> None:
+        self.conn: ClientConnection | None = None
+        self.pool: list[httptools.HttpRequestParser] = []
+
+    def take(self) -> httptools.HttpRequestParser:
+        pool = self.pool
+        if pool:
+            return pool.pop()
+        parser = httptools.HttpRequestParser(self)
+        # Versions are checked here instead: 505 for majors other than 1, HTTP/1.x minors as 1.1. Keep-alive
+        # too: after a request that ends its connection llhttp would refuse what follows (and stay refusing,
+        # which a pooled parser must not); Fulcrum answers that request, closes, and starts nothing read after.
+        parser.set_dangerous_leniencies(lenient_version=True, lenient_keep_alive=True)
+        return parser
+
+    def give(self, parser: httptools.HttpRequestParser) -> None:
+        """Take back a parser between messages (never one that failed or stopped at an Upgrade)."""
+        if len(self.pool) < POOLED_PARSERS:
+            self.pool.append(parser)
+
+    def feed(self, conn: ClientConnection, parser: httptools.HttpRequestParser, data: bytes) -> None:
+        outer = self.conn  # a callback may feed another connection (it is put back after)
+        self.conn = conn
+        try:
+            parser.feed_data(data)
+        finally:
+            self.conn = outer
+
+    def on_message_begin(self) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.on_url(url)
+
+    def on_headers_complete(self) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.on_body(body)
+
+    def on_message_complete(self) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.on_message_complete()
+
+
 class ClientConnection(asyncio.Protocol):
     """The protocol of one client connection."""
 
@@ -66,6 +135,7 @@ class ClientConnection(asyncio.Protocol):
         "raw_left",
         "read_block",
         "reject_after",
+        "relay",
         "state",
         "transport",
         "trusted",
@@ -79,8 +149,12 @@ class ClientConnection(asyncio.Protocol):
         self.proto = HTTPS if tls else HTTP  # what X-Forwarded-Proto and Forwarded say
         self.alpn = ""  # the protocol a TLS connection negotiated (ALPN)
         self.transport: asyncio.Transport | None = None
-        #: None while parked: an idle keep-alive connection gives its parser back (``park``), the next read makes one
-        self.parser: httptools.HttpRequestParser | None = self._new_parser()
+        relay = ctx.relay
+        if relay is None:
+            relay = ctx.relay = ParserRelay()
+        self.relay = relay
+        #: From the relay's pool while a request is read or served; None while idle (``_give_parser``)
+        self.parser: httptools.HttpRequestParser | None = None
         self.state = IDLE
         self.deadline = 0.0
         self.current: Exchange | None = None
@@ -103,11 +177,12 @@ class ClientConnection(asyncio.Protocol):
         self.hparts: list[bytes] | None = None  # the head's bytes from earlier reads
         self.chunks: ChunkedEnd | None = None  # the walk through a chunked request body
 
-    def _new_parser(self) -> httptools.HttpRequestParser:
-        parser = httptools.HttpRequestParser(self)
-        # Versions are checked here instead: 505 for majors other than 1, HTTP/1.x minors as 1.1.
-        parser.set_dangerous_leniencies(lenient_version=True)
-        return parser
+    def _give_parser(self) -> None:
+        """An idle keep-alive connection gives its parser back to the pool; the next read takes one."""
+        parser = self.parser
+        if parser is not None and self.raw_left == 0 and self.upgrade_for is None:
+            self.parser = None
+            self.relay.give(parser)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -165,9 +240,9 @@ class ClientConnection(asyncio.Protocol):
         self.cursor = 0
         parser = self.parser
         if parser is None:
-            parser = self.parser = self._new_parser()
+            parser = self.parser = self.relay.take()
         try:
-            parser.feed_data(data)
+            self.relay.feed(self, parser, data)
         except httptools.HttpParserUpgrade as upgrade:
             self.feed = b""
             self._after_upgrade(data, int(upgrade.args[0]))
@@ -198,6 +273,8 @@ class ClientConnection(asyncio.Protocol):
                 self.hparts.append(data)
         elif self.chunks is not None and building is not None:  # a chunked body goes on in the next read
             self.chunks.feed(data, self.cursor)
+        elif building is None and self.state == IDLE:  # answered within this read (a 429 from the head's callback)
+            self._give_parser()
         if self.state == READING_HEAD:
             self.partial += len(data)
             snap = self.ctx.snapshot
@@ -246,7 +323,7 @@ class ClientConnection(asyncio.Protocol):
         then either the tunnel's first bytes or the next request: that waits for the upstream's
         answer when the request is tunnelled, and goes to a fresh parser otherwise.
         """
-        self.parser = self._new_parser()
+        self.parser = self.relay.take()  # the one that stopped at the Upgrade is not reused
         ex = self.building
         rest = data[offset:]
         if ex is None or self.state == CLOSED:
@@ -494,6 +571,8 @@ class ClientConnection(asyncio.Protocol):
                 self.close()
                 return
             self.deadline = self.ctx.now + self.ctx.snapshot.keepalive_timeout
+            if self.building is None and not self.feed:  # within a read, data_received gives it back after
+                self._give_parser()
 
     def reject(self, status: int, detail: str, ex: Exchange | None, extra: bytes = b"") -> None:
         """Answer a request we refuse (or a broken request body) and close the connection."""
@@ -526,12 +605,6 @@ class ClientConnection(asyncio.Protocol):
             rid = self.ctx.ids.next()
         transport.write(error_response(status, detail, rid, close=True, extra=extra))
         self.close()
-
-    def park(self) -> None:
-        """Give the parser back while idle (the allocator gets about 0.9 KiB: the parser, its C state and
-        its bound callbacks); the next read makes a new one. Only between requests: nothing is in it."""
-        if self.state == IDLE and self.raw_left == 0 and self.upgrade_for is None:
-            self.parser = None
 
     def close(self) -> None:
         transport = self.transport
@@ -575,10 +648,3 @@ class ClientConnection(asyncio.Protocol):
         ex = self.current
         if ex is not None and ex.upstream is not None and ex.upstream.transport is not None:
             ex.upstream.transport.resume_reading()
-
-
-def park_idle(clients: set[object]) -> None:
-    """Park the parsers of the idle HTTP/1.1 connections among ``clients`` (called about once a second)."""
-    for client in clients:
-        if isinstance(client, ClientConnection) and client.state == IDLE and client.parser is not None:
-            client.park()

@@ -17,7 +17,7 @@ from fulcrum.middleware.policy.ratelimit import BucketsFactory
 from fulcrum.middleware.shared import store_buckets
 from fulcrum.proxy.alpn import AlpnSwitch
 from fulcrum.proxy.context import ProxyContext
-from fulcrum.proxy.downstream import IDLE, ClientConnection, park_idle
+from fulcrum.proxy.downstream import IDLE, ClientConnection
 from fulcrum.proxy.guards import Guards
 from fulcrum.proxy.http2 import H2Connection
 from fulcrum.proxy.redirect import RedirectConnection
@@ -32,8 +32,6 @@ log = logging.getLogger("fulcrum")
 tls_log = logging.getLogger("fulcrum.tls")
 
 Address = tuple[str, int]
-#: How often idle connections give their parsers back (seconds).
-PARK_EVERY = 1.0
 
 
 class Endpoint:
@@ -105,7 +103,6 @@ class ProxyServer:
         self.endpoints: list[Endpoint] = []  # in the order of config.listen, once started
         self._accepting: set[asyncio.Task[tuple[asyncio.BaseTransport, asyncio.BaseProtocol]]] = set()
         self._tick = _tick_for(config)
-        self._next_park = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._stopped = asyncio.Event()
         self.started = False  # listening (on none, for a config of TCP services only)
@@ -330,9 +327,6 @@ class ProxyServer:
         try:
             self.ctx.sweep()
             now = self.ctx.now
-            if now >= self._next_park:  # idle keep-alive connections hold no parser (memory per idle client)
-                self._next_park = now + PARK_EVERY
-                park_idle(self.ctx.clients)
             for group in self.ctx.snapshot.groups.values():
                 if group.guards is not None:
                     group.guards.tick(now)

@@ -28,9 +28,9 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from fulcrum.config.state import StateBackend, redact_url
 
@@ -301,7 +301,7 @@ class SharedOverlay:
                 await asyncio.gather(reader, writer, return_exceptions=True)
         finally:
             try:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             except FAILURES:
                 pass
 
