@@ -58,13 +58,14 @@ def heads(draw: st.DrawFn) -> bytes:
 def test_the_c_pass_and_the_python_pass_agree(before: bytes, head: bytes, after: bytes) -> None:
     source = before + head + after
     for start in {0, len(before)}:
-        assert rawhead.index_head(source, start) == rawhead._index_head_py(source, start)
+        for slot in (rawhead.REQUEST, rawhead.RESPONSE):
+            assert rawhead.index_head(source, start, slot) == rawhead._index_head_py(source, start, slot)
 
 
 def test_what_the_pass_reports() -> None:
     head = b"GET / HTTP/1.1\r\nHost:  a.example \r\nUser-Agent: x\r\nx-forwarded-for:1\r\nHostx: no\r\n\r\nBODY"
     for index in (rawhead.index_head, rawhead._index_head_py):
-        found = index(head, 0)
+        found = index(head, 0, rawhead.REQUEST)
         assert found is not None
         blank, first = found[0], found[1]
         assert head[blank : blank + 2] == b"\r\n" and head[blank + 2 :] == b"BODY"
@@ -72,8 +73,8 @@ def test_what_the_pass_reports() -> None:
         entries = [found[i : i + 5] for i in range(2, len(found), 5)]
         assert [head[vs:ve] for _, _, vs, ve, _ in entries] == [b"a.example", b"1"]
         assert [head[at:nxt] for _, at, _, _, nxt in entries] == [b"Host:  a.example \r\n", b"x-forwarded-for:1\r\n"]
-        assert index(b"GET / HTTP/1.1\r\nHost: a\r\n", 0) is None
-        assert index(b"GET / HTTP/1.1", 0) is None
+        assert index(b"GET / HTTP/1.1\r\nHost: a\r\n", 0, rawhead.REQUEST) is None
+        assert index(b"GET / HTTP/1.1", 0, rawhead.REQUEST) is None
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,18 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fulcrum.proxy.upstream import CHUNKED, LENGTH, UNTIL_CLOSE, response_head_policy
+from fulcrum.proxy import rawhead
+from fulcrum.proxy.upstream import CHUNKED, LENGTH, UNTIL_CLOSE
+from fulcrum.proxy.upstream import response_head_policy as _policy
+
+
+def response_head_policy(head: bytes) -> tuple[bytes, int, bool]:
+    """The policy of a head as it comes (a blank line and a body after it): its offset past the blank line
+    must be where the body begins."""
+    raw = head + b"\r\n\r\nBODY"
+    out, framing, close, after = _policy(raw, 0)
+    assert raw[after:] == b"BODY"
+    return out, framing, close
 
 
 def test_plain_head_is_forwarded_unchanged() -> None:
@@ -77,3 +88,28 @@ def _reference(head: bytes) -> tuple[bytes, int, bool]:
 def test_matches_a_line_by_line_reference(headers: list[tuple[str, str]], status: bytes) -> None:
     head = b"\r\n".join([status, *(f"{n}: {v}".encode() for n, v in headers)])
     assert response_head_policy(head) == _reference(head)
+
+
+@given(
+    st.binary(max_size=16),
+    st.lists(st.tuples(st.sampled_from(HOP + OTHER), st.sampled_from(["close", "x-a", "1", "keep-alive"])), max_size=6),
+    st.binary(max_size=32),
+)
+def test_a_head_after_earlier_bytes_and_before_a_body(
+    before: bytes, headers: list[tuple[str, str]], body: bytes
+) -> None:
+    """A head that starts mid-buffer (after an earlier response's bytes) reads as the same head on its own,
+    and nothing in the body after it counts."""
+    head = b"\r\n".join([b"HTTP/1.1 200 OK", *(f"{n}: {v}".encode() for n, v in headers)])
+    raw = before + head + b"\r\n\r\n" + body
+    out, framing, close, after = _policy(raw, len(before))
+    assert (out, framing, close) == _reference(head)
+    assert raw[after:] == body
+
+
+def test_the_python_pass_agrees_on_response_heads() -> None:
+    head = b"HTTP/1.1 200 OK\r\nConnection:  close \r\nX: 1\r\nTE: a\r\nContent-Length: 0\r\n\r\n"
+    found = rawhead._index_head_py(head, 0, rawhead.RESPONSE)
+    assert found == rawhead.index_head(head, 0, rawhead.RESPONSE)
+    assert found is not None and [head[found[i + 2] : found[i + 3]] for i in range(2, len(found), 5)] == [
+        b"close", b"a", b"0"]

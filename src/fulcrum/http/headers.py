@@ -16,7 +16,7 @@ HOP_BY_HOP = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade")
 )
 
-_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,200}")
+_REQUEST_ID: Final = re.compile(rb"[\x21-\x7e]{1,200}")
 
 
 def valid_request_id(value: bytes) -> bool:

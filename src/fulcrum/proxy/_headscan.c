@@ -1,9 +1,10 @@
-/* Finds a request head's lines in one pass and reports the few whose names Fulcrum handles.
+/* Finds a head's lines in one pass and reports the few whose names Fulcrum handles.
  *
- * ``rawhead.scan_head`` does the rest in Python (mypyc-compiled); this is the part that looks at every byte:
- * where each line ends, where the head ends (its first blank line), and for each header line whether its
- * name is one of the names given to ``configure``. ``rawhead._index_head_py`` is the same in Python, used
- * where this module was not built and in the tests that check the two agree.
+ * ``rawhead.scan_head`` (request heads) and ``upstream.response_head_policy`` (response heads) do the rest in
+ * Python (mypyc-compiled); this is the part that looks at every byte: where each line ends, where the head
+ * ends (its first blank line), and for each header line whether its name is one of the names given to
+ * ``configure`` for that kind of head. ``rawhead._index_head_py`` is the same in Python, used where this
+ * module was not built and in the tests that check the two agree.
  *
  * llhttp has checked the head before it gets here: lines end with CRLF and names are tokens.
  */
@@ -21,15 +22,36 @@ typedef struct {
     long kind;
 } Name;
 
-static Name names[MAX_NAMES];
-static int n_names;
-static PyObject *kept; /* the configured names, held so the pointers above stay valid */
-static unsigned char by_letter[32][MAX_PER_LETTER]; /* name indices, by first letter (& 31) */
-static int n_by_letter[32];
+#define TABLES 2 /* 0: request heads, 1: response heads */
 
-static PyObject *configure(PyObject *self, PyObject *table)
+typedef struct {
+    Name names[MAX_NAMES];
+    PyObject *kept;                               /* the configured names, held so the pointers stay valid */
+    unsigned char by_letter[32][MAX_PER_LETTER]; /* name indices, by first letter (& 31) */
+    int n_by_letter[32];
+} Table;
+
+static Table tables[TABLES];
+
+/* configure(table, slot=0): the (name, kind) pairs that index_head(..., slot) reports. */
+static PyObject *configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
+    long slot = 0;
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "configure(table, slot=0)");
+        return NULL;
+    }
+    if (nargs == 2) {
+        slot = PyLong_AsLong(args[1]);
+        if (slot == -1 && PyErr_Occurred())
+            return NULL;
+        if (slot < 0 || slot >= TABLES) {
+            PyErr_SetString(PyExc_ValueError, "slot must be 0 or 1");
+            return NULL;
+        }
+    }
+    PyObject *table = args[0];
     if (!PyTuple_Check(table) || PyTuple_GET_SIZE(table) > MAX_NAMES) {
         PyErr_SetString(PyExc_ValueError, "configure() takes a tuple of at most 64 (name, kind) pairs");
         return NULL;
@@ -64,21 +86,21 @@ static PyObject *configure(PyObject *self, PyObject *table)
         parsed[i].len = PyBytes_GET_SIZE(name);
         parsed[i].kind = kind;
     }
+    Table *t = &tables[slot];
     Py_INCREF(table);
-    Py_XSETREF(kept, table);
-    memcpy(names, parsed, sizeof(Name) * (size_t)n);
-    memcpy(by_letter, letters, sizeof(letters));
-    memcpy(n_by_letter, counts, sizeof(counts));
-    n_names = (int)n;
+    Py_XSETREF(t->kept, table);
+    memcpy(t->names, parsed, sizeof(Name) * (size_t)n);
+    memcpy(t->by_letter, letters, sizeof(letters));
+    memcpy(t->n_by_letter, counts, sizeof(counts));
     Py_RETURN_NONE;
 }
 
 /* The kind of the name in [p, p + len), or -1. */
-static long kind_of(const char *p, Py_ssize_t len)
+static long kind_of(const Table *t, const char *p, Py_ssize_t len)
 {
     int letter = p[0] & 31;
-    for (int j = 0; j < n_by_letter[letter]; j++) {
-        const Name *candidate = &names[by_letter[letter][j]];
+    for (int j = 0; j < t->n_by_letter[letter]; j++) {
+        const Name *candidate = &t->names[t->by_letter[letter][j]];
         if (candidate->len != len)
             continue;
         Py_ssize_t k = 0; /* | 0x20 lower-cases a letter and leaves '-' as it is; no other byte of a token
@@ -106,22 +128,34 @@ static Py_ssize_t next_crlf(const char *s, Py_ssize_t from, Py_ssize_t n)
     return -1;
 }
 
-/* index_head(source, start) -> (blank, first, kind, at, value_start, value_end, next, ...) or None
+/* index_head(source, start, slot=0) -> (blank, first, kind, at, value_start, value_end, next, ...) or None
  *
- * The head begins at ``start`` with its request line. ``blank`` is the offset of its blank line, ``first``
+ * The head begins at ``start`` with its first line (a request or status line); ``slot`` picks the table of
+ * names (0 for request heads, 1 for response heads). ``blank`` is the offset of its blank line, ``first``
  * that of its first header line; then five numbers for each header line whose name is configured. None:
  * no blank line ends a head there.
  */
 static PyObject *index_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 2 || !PyBytes_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "index_head(source: bytes, start: int)");
+    if (nargs < 2 || nargs > 3 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "index_head(source: bytes, start: int, slot: int = 0)");
         return NULL;
     }
     Py_ssize_t start = PyLong_AsSsize_t(args[1]);
     if (start == -1 && PyErr_Occurred())
         return NULL;
+    long slot = 0;
+    if (nargs == 3) {
+        slot = PyLong_AsLong(args[2]);
+        if (slot == -1 && PyErr_Occurred())
+            return NULL;
+        if (slot < 0 || slot >= TABLES) {
+            PyErr_SetString(PyExc_ValueError, "slot must be 0 or 1");
+            return NULL;
+        }
+    }
+    const Table *table = &tables[slot];
     const char *s = PyBytes_AS_STRING(args[0]);
     Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
     if (start < 0 || start > n) {
@@ -150,7 +184,7 @@ static PyObject *index_head(PyObject *self, PyObject *const *args, Py_ssize_t na
             break; /* the blank line */
         const char *colon = memchr(s + line, ':', (size_t)(end - line));
         if (colon != NULL && colon > s + line) {
-            long kind = kind_of(s + line, colon - (s + line));
+            long kind = kind_of(table, s + line, colon - (s + line));
             if (kind >= 0) {
                 Py_ssize_t vs = colon - s + 1;
                 Py_ssize_t ve = end;
@@ -200,14 +234,15 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"configure", (PyCFunction)configure, METH_O, "configure(((name, kind), ...)): the names to report."},
+    {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
+     "configure(((name, kind), ...), slot=0): the names index_head(..., slot) reports."},
     {"index_head", (PyCFunction)(void (*)(void))index_head, METH_FASTCALL,
-     "index_head(source, start): the head's blank line, first header line and configured lines, or None."},
+     "index_head(source, start, slot=0): the head's blank line, first header line and configured lines, or None."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "fulcrum.proxy._headscan", "Request head lines found in one pass.", -1, methods,
+    PyModuleDef_HEAD_INIT, "fulcrum.proxy._headscan", "Head lines found in one pass.", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

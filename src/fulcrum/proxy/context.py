@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from typing import TYPE_CHECKING, Protocol, TextIO
+from typing import TYPE_CHECKING, Final, Protocol, TextIO
 
 from fulcrum.http.headers import RequestIds
 from fulcrum.proxy.upstream import Pool
@@ -50,8 +50,9 @@ class Stats:
 
 #: Upper bounds (seconds) of the request duration histogram's buckets; one more bucket holds the rest.
 #: (Typed as a variable-length tuple: mypyc would otherwise keep it unboxed and box it again on every use.)
-DURATION_BOUNDS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                                      10.0)
+DURATION_BOUNDS: Final[tuple[float, ...]] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+)
 
 
 class RouteCounters:

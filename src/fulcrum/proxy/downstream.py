@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
@@ -32,14 +32,19 @@ from fulcrum.proxy.tls import negotiated_protocol
 if TYPE_CHECKING:
     from fulcrum.proxy.context import ProxyContext
 
-log = logging.getLogger("fulcrum.proxy")
+log: Final = logging.getLogger("fulcrum.proxy")
 
 # Connection states, for timeouts (TUNNEL: upgraded, the connection's bytes belong to a ``Tunnel``).
-IDLE, READING_HEAD, BUSY, CLOSED, TUNNEL = 0, 1, 2, 3, 4
-HTTP, HTTPS = b"http", b"https"
+IDLE: Final = 0
+READING_HEAD: Final = 1
+BUSY: Final = 2
+CLOSED: Final = 3
+TUNNEL: Final = 4
+HTTP: Final = b"http"
+HTTPS: Final = b"https"
 
 #: Parsers kept for reuse by one loop's connections (more are freed: a parser is needed only mid-request).
-POOLED_PARSERS = 256
+POOLED_PARSERS: Final = 256
 
 
 class ParserRelay:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from time import perf_counter
 from typing import TYPE_CHECKING, Any, Final
 
-from fulcrum.balancing import hash_key_value, observe_latency, sticky_lookup, sticky_set_cookie, sticky_token
-from fulcrum.balancing.base import EMPTY_CONTEXT, PickContext
+from fulcrum.balancing import base, hash_key_value, observe_latency, sticky_lookup, sticky_set_cookie, sticky_token
+from fulcrum.balancing.base import PickContext
 from fulcrum.health.budget import retryable
+from fulcrum.http import status as _status
 from fulcrum.http.headers import forwarded_node, is_trusted, split_host
-from fulcrum.http.status import NO_BODY_STATUSES, error_body, error_response
+from fulcrum.http.status import error_body, error_response
 from fulcrum.middleware.answers import answer_response
 from fulcrum.middleware.api import Request, Response
 from fulcrum.middleware.chain import Chain
@@ -46,17 +46,24 @@ if TYPE_CHECKING:
     from fulcrum.state.server import Server
     from fulcrum.state.snapshot import Snapshot
 
-log = logging.getLogger("fulcrum.proxy")
+log: Final = logging.getLogger("fulcrum.proxy")
+# Names from modules that are not compiled, read per request: as Final they are C statics of this module,
+# not look-ups in its globals dict.
+perf_counter: Final = time.perf_counter
+EMPTY_CONTEXT: Final = base.EMPTY_CONTEXT
+NO_BODY_STATUSES: Final = _status.NO_BODY_STATUSES
 
 # Request phases.
-HEAD, BODY, DONE = 0, 1, 2
+HEAD: Final = 0
+BODY: Final = 1
+DONE: Final = 2
 
-IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
+IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
 NONE_TRIED: Final[frozenset[str]] = frozenset()  # shared: an empty frozenset is 216 bytes each
 #: Request body bytes held while no upstream connection is ready, before the client is paused.
-BODY_BUFFER_LIMIT = 64 * 1024
-LAST_CHUNK = b"0\r\n\r\n"
-CRLF = b"\r\n"
+BODY_BUFFER_LIMIT: Final = 64 * 1024
+LAST_CHUNK: Final = b"0\r\n\r\n"
+CRLF: Final = b"\r\n"
 
 
 class Exchange:

@@ -55,8 +55,10 @@ _SPECIAL = {
 _SPECIAL[b"proxy-connection"] = _PROXY_CONN
 for _name in HOP_BY_HOP:
     _SPECIAL.setdefault(_name, _DROP)
-#: What ``index_head`` reports: the handled names, lower-case, with their kinds.
-_TABLE: Final = tuple(_SPECIAL.items())
+#: The tables of names ``index_head`` reports, by slot: request heads here, response heads in upstream.py.
+REQUEST: Final = 0
+RESPONSE: Final = 1
+_TABLES: Final[list[dict[bytes, int]]] = [_SPECIAL, {}]
 _GET: Final = b"GET"
 
 
@@ -70,14 +72,15 @@ class Reject(Exception):
         self.extra = extra
 
 
-def _index_head_py(source: bytes, start: int) -> tuple[int, ...] | None:
+def _index_head_py(source: bytes, start: int, slot: int = REQUEST) -> tuple[int, ...] | None:
     """``_headscan.index_head`` in Python: where the builds have no C compiler, and to test the two agree.
 
-    The head begins at ``start`` with its request line. Returns the offset of its blank line, that of its
-    first header line, and then five numbers for each line whose name is handled here: its kind, where the
-    line begins, where its value begins and ends (without surrounding blanks), where the next line begins.
-    None: no blank line ends a head there.
+    The head begins at ``start`` with its first line (request or status line). Returns the offset of its
+    blank line, that of its first header line, and then five numbers for each line whose name is in the
+    table of ``slot``: its kind, where the line begins, where its value begins and ends (without surrounding
+    blanks), where the next line begins. None: no blank line ends a head there.
     """
+    table = _TABLES[slot]
     end = source.find(b"\r\n\r\n", start)
     if end < 0:
         return None
@@ -91,7 +94,7 @@ def _index_head_py(source: bytes, start: int) -> tuple[int, ...] | None:
         colon = line.find(b":")
         if colon <= 0:
             continue
-        kind = _SPECIAL.get(line[:colon].lower(), -1)
+        kind = table.get(line[:colon].lower(), -1)
         if kind < 0:
             continue
         begin = at + colon + 1
@@ -105,15 +108,32 @@ def _index_head_py(source: bytes, start: int) -> tuple[int, ...] | None:
     return tuple(found)
 
 
-index_head: Callable[[bytes, int], tuple[int, ...] | None]
-try:
-    from fulcrum.proxy._headscan import configure as _configure
-    from fulcrum.proxy._headscan import index_head as _index_head_c
-except ImportError:  # built without a C compiler (FULCRUM_PURE=1): the same in Python
-    index_head = _index_head_py
-else:
-    _configure(_TABLE)
-    index_head = _index_head_c
+_Index = Callable[[bytes, int, int], "tuple[int, ...] | None"]
+_Configure = Callable[[tuple[tuple[bytes, int], ...], int], None]
+
+
+def _pick() -> tuple[_Index, _Configure | None]:
+    try:
+        from fulcrum.proxy._headscan import configure, index_head
+    except ImportError:  # built without a C compiler (FULCRUM_PURE=1): the same in Python
+        return _index_head_py, None
+    return index_head, configure
+
+
+_PICKED: Final = _pick()
+#: ``_headscan.index_head`` where it is built, else ``_index_head_py``.
+index_head: Final = _PICKED[0]
+_configure: Final = _PICKED[1]
+
+
+def configure_names(slot: int, names: dict[bytes, int]) -> None:
+    """Which names (lower-case) ``index_head(..., slot)`` reports, with their kinds."""
+    _TABLES[slot] = dict(names)
+    if _configure is not None:
+        _configure(tuple(names.items()), slot)
+
+
+configure_names(REQUEST, _SPECIAL)
 
 
 def scan_head(ex: Exchange, source: bytes, start: int) -> int:
@@ -128,7 +148,7 @@ def scan_head(ex: Exchange, source: bytes, start: int) -> int:
     The request line gives ``ex.method``, ``ex.version11`` and ``ex.keep_alive``; ``ex.method`` stays
     empty when they are the parser's to tell (an unusual request line, a Proxy-Connection header).
     """
-    found = index_head(source, start)
+    found = index_head(source, start, REQUEST)
     if found is None:
         raise Reject(400, "the request head could not be located")
     blank = found[0]

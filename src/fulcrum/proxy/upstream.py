@@ -9,35 +9,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import socket
 import ssl
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httptools
 
+from fulcrum.http import status as _status
 from fulcrum.http.headers import connection_tokens
-from fulcrum.http.status import NO_BODY_STATUSES
 from fulcrum.http.upgrade import offered, switch_protocol
+from fulcrum.proxy.rawhead import RESPONSE, configure_names, index_head
 
 if TYPE_CHECKING:
     from fulcrum.proxy.context import ProxyContext
     from fulcrum.proxy.exchange import Exchange
     from fulcrum.state.server import Server
 
-log = logging.getLogger("fulcrum.proxy")
+log: Final = logging.getLogger("fulcrum.proxy")
+NO_BODY_STATUSES: Final = _status.NO_BODY_STATUSES  # a C static of this module, not a globals look-up
 
 # How a response body is framed.
-NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
+NO_BODY: Final = 0
+LENGTH: Final = 1
+CHUNKED: Final = 2
+UNTIL_CLOSE: Final = 3
 
 # Why an upstream exchange failed; the exchange turns these into 502/504.
-CONNECT_ERROR = "connect_error"
-CONNECT_TIMEOUT = "connect_timeout"
-RESET = "reset"
-READ_TIMEOUT = "timeout"
-TOTAL_TIMEOUT = "total_timeout"
-INVALID = "invalid_response"
+CONNECT_ERROR: Final = "connect_error"
+CONNECT_TIMEOUT: Final = "connect_timeout"
+RESET: Final = "reset"
+READ_TIMEOUT: Final = "timeout"
+TOTAL_TIMEOUT: Final = "total_timeout"
+INVALID: Final = "invalid_response"
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -226,28 +230,23 @@ class UpstreamConnection(asyncio.Protocol):
         if prefix:
             self._head_prefix = b""
             raw = prefix + self._data
-            end = raw.find(b"\r\n\r\n")
-            self._cursor = end + 4 - len(prefix)
-            head = raw[:end]
+            begin = 0
         else:
             raw = self._data
             begin = self._cursor
-            end = raw.find(b"\r\n\r\n", begin)
-            self._cursor = end + 4
-            head = raw[begin:end]
-        if len(head) > self.pool.max_header_bytes:
+        head, mode, close, after = response_head_policy(raw, begin)  # mode: the framing, unless there is no body
+        self._cursor = after - len(prefix)
+        if after - 4 - begin > self.pool.max_header_bytes:
             raise _HeadTooLarge
         parser = self.parser
         status = parser.get_status_code()
         if status == 101:
             asked = exchange.upgrade
-            protocol = switch_protocol(head) if asked is not None else None
+            protocol = switch_protocol(raw[begin : after - 4]) if asked is not None else None
             if protocol is None or asked is None or not offered(protocol, asked):  # a 101 nobody asked for
                 raise _Unexpected101
-            head = response_head_policy(head)[0]
             exchange.response_switch(head, protocol)
             return  # the parser stops here with HttpParserUpgrade: data_received opens the tunnel
-        head, mode, close = response_head_policy(head)  # mode: the framing, unless there is no body
         if 100 <= status < 200:
             self._interim = True
             exchange.response_interim(status, head)
@@ -286,68 +285,94 @@ class UpstreamConnection(asyncio.Protocol):
         exchange.response_complete(self)
 
 
-# Hop-by-hop header lines of a response head, found in its lower-cased copy (same offsets).
-_HOP_LINE = re.compile(
-    rb"\r\n(?:connection|keep-alive|transfer-encoding|proxy-connection|te|trailer|upgrade):[^\r]*"
+# Response header names handled by name (index_head's RESPONSE table); every other line is forwarded as it came.
+_R_LENGTH: Final = 0  # content-length: kept, tells the framing
+_R_CHUNKED: Final = 1  # transfer-encoding: cut, the body is chunked
+_R_CONN: Final = 2  # connection: cut, may ask to close or name more lines to cut
+_R_DROP: Final = 3  # the other hop-by-hop names: cut
+configure_names(
+    RESPONSE,
+    {
+        b"content-length": _R_LENGTH,
+        b"transfer-encoding": _R_CHUNKED,
+        b"connection": _R_CONN,
+        b"keep-alive": _R_DROP,
+        b"proxy-connection": _R_DROP,
+        b"te": _R_DROP,
+        b"trailer": _R_DROP,
+        b"upgrade": _R_DROP,
+    },
 )
-_CONNECTION = b"\r\nconnection:"
-_TRANSFER_ENCODING = b"\r\ntransfer-encoding:"
-_CONTENT_LENGTH = b"\r\ncontent-length:"
-_KEEP_ALIVE_LINE = b"\r\nconnection: keep-alive"
-_CLOSE_LINE = b"\r\nconnection: close"
-_PLAIN_TOKENS = frozenset((b"keep-alive", b"close"))
+_KEEP_ALIVE: Final = b"keep-alive"
+_CLOSE: Final = b"close"
+_PLAIN_TOKENS: Final = frozenset((_KEEP_ALIVE, _CLOSE))
 
 
-def response_head_policy(head: bytes) -> tuple[bytes, int, bool]:
-    """Cut hop-by-hop lines (and those Connection names) out of a raw response head.
+def response_head_policy(raw: bytes, begin: int) -> tuple[bytes, int, bool, int]:
+    """Cut hop-by-hop lines (and those Connection names) out of the raw response head at ``begin`` in ``raw``.
 
-    ``head`` is the status line and header lines without the final blank line,
-    already checked by the parser (no bare CR, no space before a colon).
-    Returns the head to forward (status line as HTTP/1.1), the framing the
-    upstream used (CHUNKED, LENGTH or UNTIL_CLOSE) and whether it asked to close.
+    The head (status line, header lines, blank line) has been checked by the parser: lines end with CRLF,
+    names are tokens. Returns the head to forward (status line as HTTP/1.1, without the last line's CRLF),
+    the framing the upstream used (CHUNKED, LENGTH or UNTIL_CLOSE), whether it asked to close, and the
+    offset just past the blank line.
     """
-    # This runs for every response, and each bytecode counts: one regex pass finds the hop-by-hop
-    # lines, and the usual case (none, or a lone "Connection: keep-alive/close") takes a short path.
-    low = head.lower()
-    lines = _HOP_LINE.findall(low)
-    framing = LENGTH if _CONTENT_LENGTH in low else UNTIL_CLOSE
+    # This runs for every response: one C pass (index_head) finds the head's end and the handled lines;
+    # a head with none to cut is one slice.
+    found = index_head(raw, begin, RESPONSE)
+    if found is None:
+        raise _NoBlankLine
+    end = found[0] - 2  # the CRLF that ends the last header line
+    framing = UNTIL_CLOSE
     close = False
-    if len(lines) == 1 and (lines[0] == _KEEP_ALIVE_LINE or lines[0] == _CLOSE_LINE):
-        line = lines[0]
-        start = low.find(line)
-        head = head[:start] + head[start + len(line) :]
-        close = line == _CLOSE_LINE
-    elif lines:
-        named: set[bytes] | None = None
-        pieces = []
-        last = 0
-        for line in lines:
-            start = low.find(line, last)
-            pieces.append(head[last:start])
-            last = start + len(line)
-            if line.startswith(_CONNECTION):
-                value = line[len(_CONNECTION) :].strip()
-                if value == b"close":
+    chunked = False
+    named: set[bytes] | None = None
+    pieces: list[bytes] | None = None
+    last = begin
+    count = len(found)
+    i = 2
+    while i < count:
+        kind = found[i]
+        if kind == _R_LENGTH:
+            framing = LENGTH
+            i += 5
+            continue
+        if kind == _R_CHUNKED:
+            chunked = True
+        elif kind == _R_CONN:
+            value = raw[found[i + 2] : found[i + 3]].lower()
+            if value == _CLOSE:
+                close = True
+            elif value != _KEEP_ALIVE:
+                tokens = connection_tokens(value)
+                if _CLOSE in tokens:
                     close = True
-                elif value != b"keep-alive":
-                    tokens = connection_tokens(value)
-                    if b"close" in tokens:
-                        close = True
-                    tokens -= _PLAIN_TOKENS
-                    if tokens:
-                        named = tokens if named is None else named | tokens
-            elif line.startswith(_TRANSFER_ENCODING):
-                framing = CHUNKED
-        pieces.append(head[last:])
+                tokens -= _PLAIN_TOKENS
+                if tokens:
+                    named = tokens if named is None else named | tokens
+        if pieces is None:
+            pieces = []
+        pieces.append(raw[last : found[i + 1] - 2])  # up to the CRLF before the line
+        last = found[i + 4] - 2  # from the CRLF that ends it
+        i += 5
+    if pieces is None:
+        head = raw[begin:end]
+    else:
+        pieces.append(raw[last:end])
         head = b"".join(pieces)
-        if named:
-            kept = head.split(b"\r\n")
-            head = b"\r\n".join(
-                [kept[0]] + [ln for ln in kept[1:] if ln.split(b":", 1)[0].strip().lower() not in named]
-            )
+    if chunked:
+        framing = CHUNKED
+    if named:
+        kept = head.split(b"\r\n")
+        head = b"\r\n".join(
+            [kept[0]] + [ln for ln in kept[1:] if ln.split(b":", 1)[0].strip().lower() not in named]
+        )
     if head[5:9] != b"1.1 ":
         head = b"HTTP/1.1" + head[8:]
-    return head, framing, close
+    return head, framing, close, end + 4
+
+
+class _NoBlankLine(Exception):
+    """The parser said a head was complete, but no blank line ends it: the response is not trusted."""
 
 
 class _StrayBytes(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from enum import IntFlag
+from typing import Final
 from urllib.parse import urlsplit
 
 
@@ -21,13 +22,13 @@ class Down(IntFlag):
 
 #: The last-minute latency buckets: bucket 0 holds up to RECENT_MIN_MS, bucket j up to RECENT_MIN_MS * 1.25**j
 #: (0.05 ms to about 65 s), so a percentile read from them is within 25% of the true one. The last holds the rest.
-RECENT_MIN_MS = 0.05
-RECENT_GROWTH = 1.25
-RECENT_BUCKETS = 65
-_LOG_GROWTH = math.log(RECENT_GROWTH)
+RECENT_MIN_MS: Final = 0.05
+RECENT_GROWTH: Final = 1.25
+RECENT_BUCKETS: Final = 65
+_LOG_GROWTH: Final = math.log(RECENT_GROWTH)
 #: The window is RECENT_SLOTS slots of RECENT_SLOT_S seconds: the slot being filled and the five before it.
-RECENT_SLOT_S = 10.0
-RECENT_SLOTS = 6
+RECENT_SLOT_S: Final = 10.0
+RECENT_SLOTS: Final = 6
 
 
 def recent_bound(j: int) -> float:
