@@ -14,8 +14,13 @@ def response_head_policy(head: bytes) -> tuple[bytes, int, bool]:
     """The policy of a head as it comes (a blank line and a body after it): its offset past the blank line
     must be where the body begins."""
     raw = head + b"\r\n\r\nBODY"
-    out, framing, close, after = _policy(raw, 0)
+    out, framing, close, after, length_at, length_end = _policy(raw, 0)
     assert raw[after:] == b"BODY"
+    if framing == LENGTH:  # where the (last) Content-Length value is
+        value = raw[length_at:length_end]
+        assert value == value.strip() and raw[:length_at].lower().rstrip(b" \t").endswith(b"content-length:")
+    else:
+        assert (length_at, length_end) == (0, 0) or b"content-length" in head.lower()
     return out, framing, close
 
 
@@ -102,7 +107,7 @@ def test_a_head_after_earlier_bytes_and_before_a_body(
     and nothing in the body after it counts."""
     head = b"\r\n".join([b"HTTP/1.1 200 OK", *(f"{n}: {v}".encode() for n, v in headers)])
     raw = before + head + b"\r\n\r\n" + body
-    out, framing, close, after = _policy(raw, len(before))
+    out, framing, close, after, _, _ = _policy(raw, len(before))
     assert (out, framing, close) == _reference(head)
     assert raw[after:] == body
 

@@ -62,6 +62,8 @@ IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b
 NONE_TRIED: Final[frozenset[str]] = frozenset()  # shared: an empty frozenset is 216 bytes each
 #: Request body bytes held while no upstream connection is ready, before the client is paused.
 BODY_BUFFER_LIMIT: Final = 64 * 1024
+#: A piece of body at least this long is written on its own after the head instead of joined to it (a copy).
+SEPARATE_WRITE: Final = 16 * 1024
 LAST_CHUNK: Final = b"0\r\n\r\n"
 CRLF: Final = b"\r\n"
 
@@ -621,8 +623,14 @@ class Exchange:
         """Write what the last upstream read produced, in one go (head and body in one send)."""
         out = self.out
         if out and not self.held:
-            # one write: uvloop sends each buffer of writelines on its own when the socket is writable
-            self.client.write(out[0] if len(out) == 1 else b"".join(out))
+            count = len(out)
+            if count == 1:
+                self.client.write(out[0])
+            elif count == 2 and len(out[1]) >= SEPARATE_WRITE:  # a head and a long piece of body: two sends
+                self.client.write(out[0])  # cost less than copying the body behind the head
+                self.client.write(out[1])
+            else:  # one write: uvloop sends each buffer of writelines on its own when the socket is writable
+                self.client.write(b"".join(out))
             out.clear()
 
     def _finish_body_filter(self) -> None:

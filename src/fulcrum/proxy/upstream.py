@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 log: Final = logging.getLogger("fulcrum.proxy")
 NO_BODY_STATUSES: Final = _status.NO_BODY_STATUSES  # a C static of this module, not a globals look-up
 
+#: A Content-Length body at least this long bypasses the parser (its bytes are forwarded as they are read);
+#: a shorter one is not worth stopping the parser for. RAW_BODY_DIGITS: the digits of RAW_BODY_MIN.
+RAW_BODY_MIN: Final = 65536
+RAW_BODY_DIGITS: Final = 5
 # How a response body is framed.
 NO_BODY: Final = 0
 LENGTH: Final = 1
@@ -54,6 +58,7 @@ class UpstreamConnection(asyncio.Protocol):
     """
 
     __slots__ = (
+        "_body_left",
         "_cursor",
         "_data",
         "_head_prefix",
@@ -86,6 +91,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._reset_response()
 
     def _reset_response(self) -> None:
+        self._body_left = 0
         self._head_prefix = b""
         self._in_head = False
         self._interim = False
@@ -135,6 +141,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.parser = httptools.HttpResponseParser(self)
             self._parser_dirty = False
         # _reset_response(), inlined: this runs for every request
+        self._body_left = 0
         self._head_prefix = b""
         self._in_head = False
         self._interim = False
@@ -177,6 +184,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self.deadline:
             self.deadline = self.pool.ctx.now + self.pool.read_timeout
         self.got_bytes = True
+        if self._body_left:  # a long Content-Length body: its bytes go out as they came
+            self._raw_body(exchange, data, 0)
+            return
         self._data = data
         self._cursor = 0
         try:
@@ -190,6 +200,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         except httptools.HttpParserError:
             if self.exchange is not exchange:  # let go mid-parse for a retry elsewhere
+                return
+            if self._body_left:  # on_headers_complete stopped the parser: the rest of this read is body
+                self._raw_body(exchange, data, self._cursor)
                 return
             # After a complete response, an error only means stray bytes followed it:
             # the response stands, the connection is not reused.
@@ -210,6 +223,31 @@ class UpstreamConnection(asyncio.Protocol):
             self._finish(exchange)
         elif exchange.out:
             exchange.flush()
+
+    def _raw_body(self, exchange: Exchange, data: bytes, start: int) -> None:
+        """Forward body bytes of a Content-Length response without the parser: no scan, no copy of a read
+        that is all body. Bytes past the body's end mean the upstream lied about its length: the response
+        stands as framed, the connection is not reused."""
+        left = self._body_left
+        size = len(data) - start
+        if size >= left:
+            if size > left:
+                self.reusable = False
+                chunk = data[start : start + left]
+            else:
+                chunk = data if start == 0 else data[start:]
+            self._body_left = 0
+        else:
+            chunk = data if start == 0 else data[start:]
+            self._body_left = left - size
+        if chunk:
+            exchange.response_body(chunk)
+        if self._body_left:
+            if exchange.out:
+                exchange.flush()
+            return
+        self.done = True
+        self._finish(exchange)
 
     def _fail(self, exchange: Exchange) -> None:
         self.exchange = None
@@ -234,7 +272,8 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             raw = self._data
             begin = self._cursor
-        head, mode, close, after = response_head_policy(raw, begin)  # mode: the framing, unless there is no body
+        # mode: the framing, unless there is no body
+        head, mode, close, after, length_at, length_end = response_head_policy(raw, begin)
         self._cursor = after - len(prefix)
         if after - 4 - begin > self.pool.max_header_bytes:
             raise _HeadTooLarge
@@ -258,6 +297,14 @@ class UpstreamConnection(asyncio.Protocol):
         exchange.response_head(status, head, mode)
         if self.exchange is not exchange:  # the exchange retries elsewhere: stop parsing this response
             raise _StrayBytes
+        if mode == LENGTH and length_end - length_at >= RAW_BODY_DIGITS:
+            length = int(raw[length_at:length_end])
+            if length >= RAW_BODY_MIN:
+                # The parser stops here (raising is how a callback stops llhttp) and gets replaced before the
+                # connection's next use; data_received forwards the body's bytes as they come.
+                self._body_left = length
+                self._parser_dirty = True
+                raise _RawBody
         if mode == NO_BODY and exchange.method_head:
             # llhttp cannot skip the body of a response to HEAD: it is complete here, and
             # this connection gets a fresh parser before its next use.
@@ -308,13 +355,14 @@ _CLOSE: Final = b"close"
 _PLAIN_TOKENS: Final = frozenset((_KEEP_ALIVE, _CLOSE))
 
 
-def response_head_policy(raw: bytes, begin: int) -> tuple[bytes, int, bool, int]:
+def response_head_policy(raw: bytes, begin: int) -> tuple[bytes, int, bool, int, int, int]:
     """Cut hop-by-hop lines (and those Connection names) out of the raw response head at ``begin`` in ``raw``.
 
     The head (status line, header lines, blank line) has been checked by the parser: lines end with CRLF,
     names are tokens. Returns the head to forward (status line as HTTP/1.1, without the last line's CRLF),
-    the framing the upstream used (CHUNKED, LENGTH or UNTIL_CLOSE), whether it asked to close, and the
-    offset just past the blank line.
+    the framing the upstream used (CHUNKED, LENGTH or UNTIL_CLOSE), whether it asked to close, the
+    offset just past the blank line, and where the Content-Length value begins and ends in ``raw`` (0, 0
+    without one).
     """
     # This runs for every response: one C pass (index_head) finds the head's end and the handled lines;
     # a head with none to cut is one slice.
@@ -325,6 +373,7 @@ def response_head_policy(raw: bytes, begin: int) -> tuple[bytes, int, bool, int]
     framing = UNTIL_CLOSE
     close = False
     chunked = False
+    length_at = length_end = 0
     named: set[bytes] | None = None
     pieces: list[bytes] | None = None
     last = begin
@@ -334,6 +383,8 @@ def response_head_policy(raw: bytes, begin: int) -> tuple[bytes, int, bool, int]
         kind = found[i]
         if kind == _R_LENGTH:
             framing = LENGTH
+            length_at = found[i + 2]
+            length_end = found[i + 3]
             i += 5
             continue
         if kind == _R_CHUNKED:
@@ -368,11 +419,15 @@ def response_head_policy(raw: bytes, begin: int) -> tuple[bytes, int, bool, int]
         )
     if head[5:9] != b"1.1 ":
         head = b"HTTP/1.1" + head[8:]
-    return head, framing, close, end + 4
+    return head, framing, close, end + 4, length_at, length_end
 
 
 class _NoBlankLine(Exception):
     """The parser said a head was complete, but no blank line ends it: the response is not trusted."""
+
+
+class _RawBody(Exception):
+    """Raised in on_headers_complete to stop the parser: the body is forwarded without it."""
 
 
 class _StrayBytes(Exception):
