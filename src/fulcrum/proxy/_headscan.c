@@ -95,20 +95,25 @@ static PyObject *configure(PyObject *self, PyObject *const *args, Py_ssize_t nar
     Py_RETURN_NONE;
 }
 
-/* The kind of the name in [p, p + len), or -1. */
-static long kind_of(const Table *t, const char *p, Py_ssize_t len)
+/* The kind of the line at p (avail bytes before its CRLF) when it begins with a configured name and a colon,
+ * or -1; *name_len is then the name's length. No colon search: names hold no colon, so a line that begins with
+ * one of them followed by ':' has its first colon there. */
+static long kind_of(const Table *t, const char *p, Py_ssize_t avail, Py_ssize_t *name_len)
 {
     int letter = p[0] & 31;
     for (int j = 0; j < t->n_by_letter[letter]; j++) {
         const Name *candidate = &t->names[t->by_letter[letter][j]];
-        if (candidate->len != len)
+        Py_ssize_t len = candidate->len;
+        if (len >= avail || p[len] != ':')
             continue;
         Py_ssize_t k = 0; /* | 0x20 lower-cases a letter and leaves '-' as it is; no other byte of a token
                              maps onto a letter or '-' */
         while (k < len && (p[k] | 0x20) == candidate->name[k])
             k++;
-        if (k == len)
+        if (k == len) {
+            *name_len = len;
             return candidate->kind;
+        }
     }
     return -1;
 }
@@ -182,36 +187,34 @@ static PyObject *index_head(PyObject *self, PyObject *const *args, Py_ssize_t na
         }
         if (end == line)
             break; /* the blank line */
-        const char *colon = memchr(s + line, ':', (size_t)(end - line));
-        if (colon != NULL && colon > s + line) {
-            long kind = kind_of(table, s + line, colon - (s + line));
-            if (kind >= 0) {
-                Py_ssize_t vs = colon - s + 1;
-                Py_ssize_t ve = end;
-                while (vs < ve && (s[vs] == ' ' || s[vs] == '\t'))
-                    vs++;
-                while (ve > vs && (s[ve - 1] == ' ' || s[ve - 1] == '\t'))
-                    ve--;
-                if (used + FIELDS > cap) {
-                    Py_ssize_t grown = cap * 4;
-                    Py_ssize_t *bigger = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)grown);
-                    if (bigger == NULL) {
-                        PyErr_NoMemory();
-                        goto done;
-                    }
-                    memcpy(bigger, found, sizeof(Py_ssize_t) * (size_t)used);
-                    if (found != stack)
-                        PyMem_Free(found);
-                    found = bigger;
-                    cap = grown;
+        Py_ssize_t name_len = 0;
+        long kind = kind_of(table, s + line, end - line, &name_len);
+        if (kind >= 0) {
+            Py_ssize_t vs = line + name_len + 1;
+            Py_ssize_t ve = end;
+            while (vs < ve && (s[vs] == ' ' || s[vs] == '\t'))
+                vs++;
+            while (ve > vs && (s[ve - 1] == ' ' || s[ve - 1] == '\t'))
+                ve--;
+            if (used + FIELDS > cap) {
+                Py_ssize_t grown = cap * 4;
+                Py_ssize_t *bigger = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)grown);
+                if (bigger == NULL) {
+                    PyErr_NoMemory();
+                    goto done;
                 }
-                found[used] = kind;
-                found[used + 1] = line;
-                found[used + 2] = vs;
-                found[used + 3] = ve;
-                found[used + 4] = end + 2;
-                used += FIELDS;
+                memcpy(bigger, found, sizeof(Py_ssize_t) * (size_t)used);
+                if (found != stack)
+                    PyMem_Free(found);
+                found = bigger;
+                cap = grown;
             }
+            found[used] = kind;
+            found[used + 1] = line;
+            found[used + 2] = vs;
+            found[used + 3] = ve;
+            found[used + 4] = end + 2;
+            used += FIELDS;
         }
         line = end + 2;
     }
