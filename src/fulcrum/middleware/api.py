@@ -292,15 +292,6 @@ class Response:
         end = head.find(b"\r\n", start)
         return head[start : end if end >= 0 else len(head)].strip().decode("latin-1")
 
-    def lowered(self) -> bytes | None:
-        """The raw head lower-cased (cached), or None once the mapping was built."""
-        if self._headers is not None or self._head is None:
-            return None
-        low = self._low
-        if low is None:
-            low = self._low = self._head.lower()
-        return low
-
     def set_header(self, name: str, value: str) -> None:
         """Replace every line of ``name`` with one line."""
         if self._headers is None and self._head is not None:
