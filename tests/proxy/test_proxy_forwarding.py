@@ -242,3 +242,35 @@ def test_stale_pooled_connection_is_retried_transparently(proxy: RunningProxy, u
         upstream.close_all_connections()
         assert c.get("/").status_code == 200
     assert upstream.connections_accepted == 2
+
+
+def test_forwarding_lines_made_once_fit_every_later_request(
+    make_proxy: Callable[..., RunningProxy], upstream: UpstreamServer
+) -> None:
+    """The forwarding lines of a client address, scheme, host and style are made once and reused: each request
+    must still get the lines of its own host and address, and a trusted client's own values are extended."""
+    proxy = make_proxy(
+        upstream_config(upstream.url) | {"forwarding": {"trusted_proxies": ["127.0.0.2/32"], "style": "both"}}
+    )
+    seen = []
+    with client(proxy) as near, client(proxy, source="127.0.0.2") as trusted:
+        for _ in range(2):  # the second round is served from what the first made
+            for c, host, extra in [
+                (near, "a.example", {}),
+                (near, "b.example", {}),
+                (near, "a.example", {"X-Forwarded-For": "6.6.6.6"}),  # untrusted: replaced
+                (trusted, "a.example", {}),
+                (trusted, "a.example", {"X-Forwarded-For": "10.0.0.9", "Forwarded": "for=10.0.0.9"}),
+            ]:
+                e = echo(c.get("/echo", headers={"Host": host, **extra}))
+                seen.append(
+                    (e["hdrs"]["x-forwarded-for"], e["hdrs"]["x-forwarded-host"], e["hdrs"]["forwarded"])
+                )
+    expected = [
+        ("127.0.0.1", "a.example", 'for=127.0.0.1;host="a.example";proto=http'),
+        ("127.0.0.1", "b.example", 'for=127.0.0.1;host="b.example";proto=http'),
+        ("127.0.0.1", "a.example", 'for=127.0.0.1;host="a.example";proto=http'),
+        ("127.0.0.2", "a.example", 'for=127.0.0.2;host="a.example";proto=http'),
+        ("10.0.0.9, 127.0.0.2", "a.example", 'for=10.0.0.9, for=127.0.0.2;host="a.example";proto=http'),
+    ]
+    assert seen == expected * 2

@@ -144,6 +144,8 @@ class ProxyContext:
         self.started_wall = time.time()
         self.connect_tasks: set[asyncio.Task[None]] = set()
         self.relay: ParserRelay | None = None  # the client side's pooled parsers (made by the first connection)
+        #: Forwarding header blocks made before, by (style, client address, scheme, host): Exchange._upstream_head.
+        self.forward_blocks: dict[tuple[str, bytes, bytes, bytes], bytes] = {}
 
     def new_pool(self, group: Group, server: Server) -> Pool:
         pool = self.pools[server] = Pool(self, server)

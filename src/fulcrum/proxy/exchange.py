@@ -62,6 +62,9 @@ IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b
 NONE_TRIED: Final[frozenset[str]] = frozenset()  # shared: an empty frozenset is 216 bytes each
 #: Request body bytes held while no upstream connection is ready, before the client is paused.
 BODY_BUFFER_LIMIT: Final = 64 * 1024
+#: How many forwarding blocks (the X-Forwarded-* / Forwarded lines of a client address, scheme, host and
+#: style) the proxy keeps made; past that the store starts again empty.
+FORWARD_BLOCKS: Final = 1024
 #: A piece of body at least this long is written on its own after the head instead of joined to it (a copy).
 SEPARATE_WRITE: Final = 16 * 1024
 LAST_CHUNK: Final = b"0\r\n\r\n"
@@ -1035,16 +1038,17 @@ class Exchange:
                 style = route.forward_style
             if route.trusted_proxies is not None:
                 trusted = is_trusted(client.client_ip, route.trusted_proxies)
-        ip = client.client_ip_b
-        if style != "rfc7239":
-            xff = self.xff
-            parts += (b"X-Forwarded-For: ", xff + b", " + ip if xff and trusted else ip, CRLF)
-            parts += (b"X-Forwarded-Proto: ", self.xfp if self.xfp and trusted else client.proto, CRLF)
-            parts += (b"X-Forwarded-Host: ", self.xfh if self.xfh and trusted else host, CRLF)
-        if style != "x-forwarded":
-            node = b"for=" + forwarded_node(client.client_ip) + b";host=\"" + host + b"\";proto=" + client.proto
-            fwd = self.fwd
-            parts += (b"Forwarded: ", fwd + b", " + node if fwd and trusted else node, CRLF)
+        if trusted and (self.xff or self.xfp or self.xfh or self.fwd):  # the client's values are extended
+            parts.append(self._forwarding(style, host, True))
+        else:  # the lines depend on the client's address, the listener's scheme, the host and the style only
+            key = (style, client.client_ip_b, client.proto, host)
+            blocks = client.ctx.forward_blocks
+            block = blocks.get(key)
+            if block is None:
+                if len(blocks) >= FORWARD_BLOCKS:
+                    blocks.clear()
+                block = blocks[key] = self._forwarding(style, host, False)
+            parts.append(block)
         parts += (b"X-Request-ID: ", self.rid, CRLF)
         upgrade = self.upgrade
         if upgrade is not None:
@@ -1054,6 +1058,22 @@ class Exchange:
         elif self.cl >= 0:
             parts += (b"Content-Length: %d\r\n" % self.cl,)
         parts.append(CRLF)
+        return b"".join(parts)
+
+    def _forwarding(self, style: str, host: bytes, trusted: bool) -> bytes:
+        """The forwarding header lines for the upstream: the client's own values extended when ``trusted``."""
+        client = self.client
+        ip = client.client_ip_b
+        parts: list[bytes] = []
+        if style != "rfc7239":
+            xff = self.xff
+            parts += (b"X-Forwarded-For: ", xff + b", " + ip if xff and trusted else ip, CRLF)
+            parts += (b"X-Forwarded-Proto: ", self.xfp if self.xfp and trusted else client.proto, CRLF)
+            parts += (b"X-Forwarded-Host: ", self.xfh if self.xfh and trusted else host, CRLF)
+        if style != "x-forwarded":
+            node = b"for=" + forwarded_node(client.client_ip) + b";host=\"" + host + b"\";proto=" + client.proto
+            fwd = self.fwd
+            parts += (b"Forwarded: ", fwd + b", " + node if fwd and trusted else node, CRLF)
         return b"".join(parts)
 
     def header_lines(self) -> list[bytes]:
