@@ -33,6 +33,19 @@ typedef struct {
 
 static Table tables[TABLES];
 
+/* The table index an argument names, or -1 with an exception set. */
+static long slot_of(PyObject *arg)
+{
+    long slot = PyLong_AsLong(arg);
+    if (slot == -1 && PyErr_Occurred())
+        return -1;
+    if (slot < 0 || slot >= TABLES) {
+        PyErr_SetString(PyExc_ValueError, "slot must be 0 or 1");
+        return -1;
+    }
+    return slot;
+}
+
 /* configure(table, slot=0): the (name, kind) pairs that index_head(..., slot) reports. */
 static PyObject *configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -42,15 +55,8 @@ static PyObject *configure(PyObject *self, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_TypeError, "configure(table, slot=0)");
         return NULL;
     }
-    if (nargs == 2) {
-        slot = PyLong_AsLong(args[1]);
-        if (slot == -1 && PyErr_Occurred())
-            return NULL;
-        if (slot < 0 || slot >= TABLES) {
-            PyErr_SetString(PyExc_ValueError, "slot must be 0 or 1");
-            return NULL;
-        }
-    }
+    if (nargs == 2 && (slot = slot_of(args[1])) < 0)
+        return NULL;
     PyObject *table = args[0];
     if (!PyTuple_Check(table) || PyTuple_GET_SIZE(table) > MAX_NAMES) {
         PyErr_SetString(PyExc_ValueError, "configure() takes a tuple of at most 64 (name, kind) pairs");
@@ -151,15 +157,8 @@ static PyObject *index_head(PyObject *self, PyObject *const *args, Py_ssize_t na
     if (start == -1 && PyErr_Occurred())
         return NULL;
     long slot = 0;
-    if (nargs == 3) {
-        slot = PyLong_AsLong(args[2]);
-        if (slot == -1 && PyErr_Occurred())
-            return NULL;
-        if (slot < 0 || slot >= TABLES) {
-            PyErr_SetString(PyExc_ValueError, "slot must be 0 or 1");
-            return NULL;
-        }
-    }
+    if (nargs == 3 && (slot = slot_of(args[2])) < 0)
+        return NULL;
     const Table *table = &tables[slot];
     const char *s = PyBytes_AS_STRING(args[0]);
     Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
