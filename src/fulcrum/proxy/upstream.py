@@ -32,7 +32,7 @@ NO_BODY_STATUSES: Final = _status.NO_BODY_STATUSES  # a C static of this module,
 #: A Content-Length body at least this long bypasses the parser (its bytes are forwarded as they are read);
 #: a shorter one is not worth stopping the parser for. RAW_BODY_DIGITS: the digits of RAW_BODY_MIN.
 RAW_BODY_MIN: Final = 65536
-RAW_BODY_DIGITS: Final = 5
+RAW_BODY_DIGITS: Final = len(str(RAW_BODY_MIN))
 # How a response body is framed.
 NO_BODY: Final = 0
 LENGTH: Final = 1
@@ -230,16 +230,11 @@ class UpstreamConnection(asyncio.Protocol):
         stands as framed, the connection is not reused."""
         left = self._body_left
         size = len(data) - start
-        if size >= left:
-            if size > left:
-                self.reusable = False
-                chunk = data[start : start + left]
-            else:
-                chunk = data if start == 0 else data[start:]
-            self._body_left = 0
-        else:
-            chunk = data if start == 0 else data[start:]
-            self._body_left = left - size
+        if size > left:  # more than the upstream announced
+            self.reusable = False
+            size = left
+        chunk = data if start == 0 and size == len(data) else data[start : start + size]
+        self._body_left = left - size
         if chunk:
             exchange.response_body(chunk)
         if self._body_left:
@@ -370,22 +365,17 @@ def response_head_policy(raw: bytes, begin: int) -> tuple[bytes, int, bool, int,
     if found is None:
         raise _NoBlankLine
     end = found[0] - 2  # the CRLF that ends the last header line
-    framing = UNTIL_CLOSE
     close = False
     chunked = False
     length_at = length_end = 0
     named: set[bytes] | None = None
     pieces: list[bytes] | None = None
     last = begin
-    count = len(found)
-    i = 2
-    while i < count:
+    for i in range(2, len(found), 5):
         kind = found[i]
         if kind == _R_LENGTH:
-            framing = LENGTH
             length_at = found[i + 2]
             length_end = found[i + 3]
-            i += 5
             continue
         if kind == _R_CHUNKED:
             chunked = True
@@ -404,14 +394,12 @@ def response_head_policy(raw: bytes, begin: int) -> tuple[bytes, int, bool, int,
             pieces = []
         pieces.append(raw[last : found[i + 1] - 2])  # up to the CRLF before the line
         last = found[i + 4] - 2  # from the CRLF that ends it
-        i += 5
     if pieces is None:
         head = raw[begin:end]
     else:
         pieces.append(raw[last:end])
         head = b"".join(pieces)
-    if chunked:
-        framing = CHUNKED
+    framing = CHUNKED if chunked else LENGTH if length_end else UNTIL_CLOSE  # a value ends after the status line
     if named:
         kept = head.split(b"\r\n")
         head = b"\r\n".join(
